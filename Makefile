@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh clone (Python 3.11, pip, venv):
+#   make course   -- create .venv if missing, install, run the course notebooks (cpu profile)
+#   make test     -- same environment, run the whole test suite
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PROFILE ?= cpu
+
+.PHONY: course test venv check-env bench-scenes foundation clean-runs
+
+$(VENV)/.installed: pyproject.toml requirements-lock.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements-lock.txt -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+course: venv
+	$(PY) -m simo_lite.course run --profile $(PROFILE)
+
+test: venv
+	$(PY) -m pytest -q
+
+check-env: venv
+	$(PY) -m simo_lite.check_env
+
+bench-scenes: venv
+	$(PY) -m simo_lite.scenes --bench --size 64 128
+
+foundation: venv
+	$(PY) -m simo_lite.foundation --profile cpu --out data/foundation-cpu.safetensors
+
+clean-runs:
+	rm -rf runs

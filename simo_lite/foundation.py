@@ -1,0 +1,202 @@
+"""The foundation encoder: a small timm ViT pretrained on Scenes images, standing in for DINOv2.
+
+Objective: masked-patch pixel reconstruction in the SimMIM style (Xie et al. 2022). A random
+``mask_ratio`` of patch embeddings is replaced by a learned mask token, the full token sequence goes
+through the ViT, and a linear decoder predicts the pixels of each masked patch from the last block's
+tokens; the loss is L1 on masked patches only. It needs no labels (task-agnostic, like DINOv2's
+self-supervision) and keeps timm's encoder untouched, so the pretrained weights load straight into
+``make_encoder``. Reconstructing hidden patches forces the encoder to model surfaces, shading and
+layout, which is what the dense tasks read.
+
+The ``cpu`` checkpoint ships in ``data/foundation-cpu.safetensors`` with a manifest
+(``data/foundation-cpu.json``): config, sha256, the command that reproduces it and the probe results.
+Regenerate it with ``python -m simo_lite.foundation --profile cpu`` (or ``make foundation``).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import checkpoints as ckpt
+from . import profiles as P
+from .models import count_parameters, make_encoder
+from .training import batch_indices, load_data, one_cycle, progress_enabled
+
+__all__ = ["foundation_config", "pretrain", "load_foundation", "random_encoder_state", "probe_comparison",
+           "SHIPPED_DIR"]
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+def foundation_config(profile: P.Profile, seed: int = 0) -> dict:
+    """Everything that determines the foundation weights; its hash names the checkpoint."""
+    return {"encoder": profile.encoder_config(), "steps": profile.foundation_steps, "lr": profile.lr_foundation,
+            "batch_size": profile.batch_size, "mask_ratio": profile.mask_ratio, "n_train": profile.n_train,
+            "max_objects": profile.max_objects, "seed": seed, "objective": "simmim-l1", "version": 1}
+
+
+class MaskedReconstruction(nn.Module):
+    """Encoder + mask token + linear pixel decoder. ``forward(images) -> L1 loss on masked patches``."""
+
+    def __init__(self, encoder, patch_size: int):
+        super().__init__()
+        self.encoder, self.p = encoder, patch_size
+        dim = encoder.embed_dim
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.decoder = nn.Linear(dim, patch_size * patch_size * 3)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1]; mask (B, N) bool, True = hidden patch."""
+        enc, p = self.encoder, self.p
+        x = images * 2 - 1                                                # same input scaling as the heads
+        tokens = enc.patch_embed(x)                                       # (B, N, C)
+        tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
+        tokens = enc.norm_pre(enc._pos_embed(tokens))                     # (B, 1 + N, C)
+        tokens = enc.norm(enc.blocks(tokens))[:, enc.num_prefix_tokens:]  # (B, N, C)
+        pred = self.decoder(tokens)                                       # (B, N, p*p*3)
+        B, _, H, W = x.shape
+        target = x.reshape(B, 3, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1).reshape(B, -1, p * p * 3)
+        err = (pred - target).abs().mean(-1)                              # (B, N)
+        return (err * mask).sum() / mask.sum().clamp(min=1)
+
+
+def pretrain(profile: P.Profile, seed: int = 0, device="cpu", progress: bool | None = None,
+             data: dict | None = None) -> tuple[dict, dict]:
+    """Pretrain a foundation encoder; returns (encoder state dict, info with loss curve and time)."""
+    device = P.resolve_device(device) if isinstance(device, str) else device
+    data = data or load_data(profile, seed, splits=("train",))
+    images = data["train"]["image"]
+    encoder = make_encoder(**profile.encoder_config(), seed=seed)
+    model = MaskedReconstruction(encoder, profile.patch_size).to(device)
+    steps = profile.foundation_steps
+    opt = torch.optim.AdamW(model.parameters(), lr=profile.lr_foundation, weight_decay=0.05)
+    sched = one_cycle(opt, profile.lr_foundation, steps, 0.1)
+    n_patches = (profile.image_size // profile.patch_size) ** 2
+    g = torch.Generator().manual_seed(seed + 17)
+    it = range(steps)
+    if progress_enabled(progress):
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="foundation pretraining", leave=False)
+    losses, t0 = [], time.perf_counter()
+    model.train()
+    for step in it:
+        idx = batch_indices(len(images), profile.batch_size, seed + 7, step)
+        batch = images[idx].to(device)
+        mask = torch.rand(len(idx), n_patches, generator=g) < profile.mask_ratio
+        loss = model(batch, mask.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+    return state, {"loss_first": losses[0], "loss_last": sum(losses[-20:]) / len(losses[-20:]),
+                   "wall_s": time.perf_counter() - t0, "steps": steps, "params": count_parameters(encoder)}
+
+
+def random_encoder_state(profile: P.Profile, seed: int = 0) -> dict:
+    """The same architecture at its random initialisation (the probe baseline)."""
+    return make_encoder(**profile.encoder_config(), seed=seed).state_dict()
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_foundation(profile: P.Profile, run_dir=None, seed: int = 0, device="cpu",
+                    progress: bool | None = None) -> tuple[dict, str]:
+    """The foundation encoder state for ``profile`` and its config hash.
+
+    Looks for the shipped checkpoint ``data/foundation-<profile>.safetensors`` (whose config hash must
+    match), then ``<run_dir>/foundation-<hash>.safetensors``; otherwise pretrains and saves it in
+    ``run_dir`` (the ``gpu`` and ``smoke`` profiles pretrain their own).
+    """
+    cfg = foundation_config(profile, seed)
+    h = ckpt.config_hash(cfg)
+    shipped = SHIPPED_DIR / f"foundation-{profile.name}.safetensors"
+    candidates = [shipped] + ([Path(run_dir) / f"foundation-{h}.safetensors"] if run_dir else [])
+    for path in candidates:
+        if path.exists():
+            try:
+                return ckpt.load_tensors(path, expect_hash=h), h
+            except ckpt.CheckpointError:
+                continue  # other config or corrupt: fall through to the next / retrain
+    state, info = pretrain(profile, seed=seed, device=device, progress=progress)
+    if run_dir:
+        ckpt.save_tensors(state, Path(run_dir) / f"foundation-{h}.safetensors",
+                          metadata={"config_hash": h, "config": json.dumps(cfg, sort_keys=True),
+                                    "info": json.dumps(info)})
+    return state, h
+
+
+def probe_comparison(profile: P.Profile, foundation_state: dict, tasks=("seg", "depth", "normals", "edges", "albedo"),
+                     seed: int = 0, device="cpu", data: dict | None = None, progress: bool | None = None) -> dict:
+    """Linear probe (frozen encoder, head trained ``probe_steps``) on foundation vs random init, test metrics.
+
+    Returns {"foundation": {task: metric}, "random": {task: metric}}.
+    """
+    from .training import Stage, build_model, evaluate, fit
+    data = data or load_data(profile, seed)
+    out = {}
+    for label, state in (("foundation", foundation_state), ("random", random_encoder_state(profile, seed))):
+        out[label] = {}
+        for task in tasks:
+            model = build_model(state, profile, (task,), seed=seed)
+            Stage.set(model, "heads")
+            fit(model, data["train"], (task,), profile.probe_steps, profile.lr_head, profile.batch_size, seed=seed,
+                device=device, progress=progress, desc=f"probe {label} {task}")
+            out[label][task] = evaluate(model, data["test"], (task,), device=device)[task]
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Pretrain the foundation encoder and write it with its manifest")
+    ap.add_argument("--profile", default="cpu", choices=sorted(P.PROFILES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None, help="default: data/foundation-<profile>.safetensors")
+    args = ap.parse_args(argv)
+    profile = P.get(args.profile)
+    device = P.resolve_device(args.device)
+    out = Path(args.out or SHIPPED_DIR / f"foundation-{profile.name}.safetensors")
+    cfg = foundation_config(profile, args.seed)
+    h = ckpt.config_hash(cfg)
+    torch.manual_seed(args.seed)
+    data = load_data(profile, args.seed, progress=True)
+    state, info = pretrain(profile, seed=args.seed, device=device, data=data)
+    print(f"pretrained {info['params']:,} parameters, {info['steps']} steps in {info['wall_s']:.0f} s; "
+          f"masked-patch L1 {info['loss_first']:.3f} -> {info['loss_last']:.3f}")
+    ckpt.save_tensors(state, out, metadata={"config_hash": h, "config": json.dumps(cfg, sort_keys=True)})
+    t0 = time.perf_counter()
+    probes = probe_comparison(profile, state, seed=args.seed, device=device, data=data)
+    probe_s = time.perf_counter() - t0
+    from .tasks import get_task
+    for task in probes["foundation"]:
+        f, r = probes["foundation"][task], probes["random"][task]
+        better = (f > r) if get_task(task).higher_is_better else (f < r)
+        print(f"  probe {task:8s} {get_task(task).metric_name:18s} foundation {f:8.4f}  random {r:8.4f}  "
+              f"{'foundation better' if better else 'RANDOM BETTER'}")
+    manifest = {"file": out.name, "sha256": _sha256(out), "config": cfg, "config_hash": h,
+                "profile": profile.to_dict(), "pretraining": info, "probe_test_metrics": probes,
+                "probe_wall_s": probe_s, "command": f"python -m simo_lite.foundation --profile {profile.name} "
+                                                    f"--seed {args.seed}",
+                "torch": torch.__version__, "device": str(device)}
+    out.with_suffix(".json").write_text(json.dumps(manifest, indent=1))
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Per-task metrics (streaming accumulators), normalised performance and the two Δm forms.
+
+Accumulators take batches of (prediction, target) already post-processed by the task (class ids,
+unit normals, metres...) and return one float from ``compute()``:
+
+- :class:`MeanIoU`        segmentation, from a confusion matrix (classes with empty union skipped).
+- :class:`MeanAbsError`   depth (metres) and albedo (reflectance units): mean |pred - target|.
+- :class:`MeanAngleError` surface normals: mean arccos(pred . target) in degrees.
+- :class:`BinaryF1`       edges: F1 score of the positive (edge) class at threshold 0.5.
+"""
+from __future__ import annotations
+
+
+import torch
+
+__all__ = ["MeanIoU", "MeanAbsError", "MeanAngleError", "BinaryF1", "normalized_performance", "delta_m"]
+
+
+class MeanIoU:
+    """Mean intersection-over-union over ``num_classes`` from an accumulated confusion matrix."""
+
+    def __init__(self, num_classes: int, ignore_index: int = -1):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # rows: target
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred, target: (B, H, W) int class ids."""
+        keep = target != self.ignore_index
+        idx = target[keep].cpu() * self.num_classes + pred[keep].cpu()
+        self.confusion += torch.bincount(idx, minlength=self.num_classes ** 2).reshape(self.num_classes, -1)
+
+    def per_class(self) -> torch.Tensor:
+        """IoU per class (num_classes,), NaN where a class is absent from both pred and target."""
+        tp = self.confusion.diag().double()
+        union = self.confusion.sum(0).double() + self.confusion.sum(1).double() - tp
+        return torch.where(union > 0, tp / union.clamp(min=1), torch.tensor(float("nan"), dtype=torch.float64))
+
+    def compute(self) -> float:
+        iou = self.per_class()
+        return float(iou[~iou.isnan()].mean()) if (~iou.isnan()).any() else float("nan")
+
+
+class MeanAbsError:
+    """Mean absolute error over valid pixels (target channels not all zero when ``mask_zero``)."""
+
+    def __init__(self, mask_zero: bool = False):
+        self.mask_zero, self.total, self.count = mask_zero, 0.0, 0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred, target: (B, C, H, W); the error of a pixel is averaged over its C channels."""
+        err = (pred - target).abs().mean(1)                          # (B, H, W)
+        if self.mask_zero:
+            err = err[target.abs().sum(1) > 0]
+        self.total += float(err.sum())
+        self.count += err.numel()
+
+    def compute(self) -> float:
+        return self.total / max(self.count, 1)
+
+
+class MeanAngleError:
+    """Mean angle in degrees between predicted and target normals (both (B, 3, H, W))."""
+
+    def __init__(self):
+        self.total, self.count = 0.0, 0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        valid = target.norm(dim=1) > 0.5                             # (B, H, W) defined normals
+        pred = torch.nn.functional.normalize(pred, dim=1)
+        cos = (pred * target).sum(1).clamp(-1, 1)[valid]
+        self.total += float(torch.rad2deg(torch.acos(cos)).sum())
+        self.count += cos.numel()
+
+    def compute(self) -> float:
+        return self.total / max(self.count, 1)
+
+
+class BinaryF1:
+    """F1 of the positive class: 2TP / (2TP + FP + FN), with pred and target in {0, 1}."""
+
+    def __init__(self):
+        self.tp = self.fp = self.fn = 0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        p, t = pred.bool(), target.bool()
+        self.tp += int((p & t).sum())
+        self.fp += int((p & ~t).sum())
+        self.fn += int((~p & t).sum())
+
+    def compute(self) -> float:
+        denom = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denom if denom else float("nan")
+
+
+def normalized_performance(metrics: dict, baseline: dict, lower_is_better: dict) -> dict[str, float]:
+    """Per-task performance relative to the baseline: M/B, or B/M when lower is better (1.0 = equal)."""
+    missing = set(metrics) - set(baseline) | set(metrics) - set(lower_is_better)
+    if missing:
+        raise KeyError(f"no baseline/direction for task(s) {sorted(missing)}")
+    out = {}
+    for t, m in metrics.items():
+        b = baseline[t]
+        out[t] = (b / m if lower_is_better[t] else m / b) if m != 0 and b != 0 else float("nan")
+    return out
+
+
+def delta_m(metrics: dict, baseline: dict, lower_is_better: dict, kind: str = "ratio") -> float:
+    """Multi-task performance relative to a baseline, as a fraction (-0.275 means -27.5 %).
+
+    kind="ratio":    mean_t normalised_t - 1, what the paper's tables report (M/B, B/M if lower better).
+    kind="relative": mean_t (-1)^l_t (M_t - B_t) / B_t, the paper's Eq. (2) (Maninis et al. 2019).
+    All three arguments are dicts keyed by task name.
+    """
+    if not metrics:
+        raise ValueError("delta_m needs at least one task")
+    if kind == "ratio":
+        vals = list(normalized_performance(metrics, baseline, lower_is_better).values())
+        return sum(vals) / len(vals) - 1.0
+    if kind == "relative":
+        terms = [(-1 if lower_is_better[t] else 1) * (m - baseline[t]) / baseline[t] for t, m in metrics.items()]
+        return sum(terms) / len(terms)
+    raise ValueError(f"unknown kind {kind!r}; valid: 'ratio', 'relative'")
+
+

@@ -1,0 +1,104 @@
+"""Profiles: every size, step count and batch size of the course in one place.
+
+``smoke`` runs each stage in seconds (tests and CI), ``cpu`` is the classroom default (a ~1.6M
+parameter encoder at 64 px, every stage in minutes on 2 cores), ``gpu`` is ViT-S sized (~21M
+parameters) at 128 px with tens of thousands of scenes.
+
+    >>> from simo_lite import profiles
+    >>> p = profiles.get("smoke", batch_size=8)   # overrides are checked against the fields
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+__all__ = ["Profile", "PROFILES", "get", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # data
+    image_size: int            # pixels, square images
+    n_train: int               # training scenes (experts, MTL, foundation)
+    n_val: int                 # small multi-labelled validation split (alpha selection, realignment)
+    n_test: int                # test scenes (every reported number)
+    # encoder (timm VisionTransformer)
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    # training
+    batch_size: int
+    foundation_steps: int      # self-supervised pretraining steps
+    probe_steps: int           # stage 1 of LP->FT: head only, encoder frozen
+    finetune_steps: int        # stage 2 of LP->FT: encoder and head
+    mtl_probe_steps: int
+    mtl_finetune_steps: int
+    realign_steps: int         # head / representation realignment steps on the val split
+    lr_head: float = 3e-3
+    lr_finetune: float = 5e-4
+    lr_foundation: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 25.0
+    head: str = "linear"       # "linear" (paper's BN + 1x1 conv) or "conv" (small DPT-style)
+    mask_ratio: float = 0.6    # foundation: fraction of patches masked
+    max_objects: int = 4
+
+    @property
+    def taps(self) -> tuple[int, ...]:
+        """Indices of the 4 evenly spaced blocks whose outputs feed the heads (0-based)."""
+        n = min(4, self.depth)
+        return tuple(round((i + 1) * self.depth / n) - 1 for i in range(n))
+
+    def encoder_config(self) -> dict:
+        return dict(img_size=self.image_size, patch_size=self.patch_size, embed_dim=self.embed_dim,
+                    depth=self.depth, num_heads=self.num_heads)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(name="smoke", image_size=32, n_train=128, n_val=32, n_test=32,
+                     patch_size=8, embed_dim=48, depth=4, num_heads=2, batch_size=16,
+                     foundation_steps=10, probe_steps=6, finetune_steps=6,
+                     mtl_probe_steps=6, mtl_finetune_steps=6, realign_steps=6),
+    "cpu": Profile(name="cpu", image_size=64, n_train=3000, n_val=400, n_test=500,
+                   patch_size=8, embed_dim=128, depth=8, num_heads=4, batch_size=32,
+                   foundation_steps=800, probe_steps=150, finetune_steps=300,
+                   mtl_probe_steps=150, mtl_finetune_steps=450, realign_steps=300),
+    "gpu": Profile(name="gpu", image_size=128, n_train=30000, n_val=3000, n_test=2000,
+                   patch_size=8, embed_dim=384, depth=12, num_heads=6, batch_size=64,
+                   foundation_steps=6000, probe_steps=1000, finetune_steps=3000,
+                   mtl_probe_steps=1000, mtl_finetune_steps=6000, realign_steps=2000),
+}
+
+
+def get(profile: str | Profile = "cpu", **overrides) -> Profile:
+    """The named profile, with ``overrides`` of its fields applied (unknown fields raise)."""
+    if isinstance(profile, Profile):
+        base = profile
+    elif profile in PROFILES:
+        base = PROFILES[profile]
+    else:
+        raise ValueError(f"unknown profile {profile!r}; valid: {sorted(PROFILES)}")
+    names = set(Profile.__dataclass_fields__)
+    bad = set(overrides) - names
+    if bad:
+        raise ValueError(f"unknown profile field(s) {sorted(bad)}; valid: {sorted(names)}")
+    return replace(base, **overrides)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"bad device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return dev

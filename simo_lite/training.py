@@ -1,0 +1,327 @@
+"""Training and evaluation: one loop for probes, experts, joint MTL and realignment.
+
+``fit`` trains whatever parameters of a :class:`~simo_lite.models.SimoModel` have ``requires_grad``
+on the unweighted mean of the task losses, with AdamW, a one-cycle schedule and gradient clipping.
+Batches are a pure function of ``(seed, step)``, and ``fit`` can checkpoint its whole state
+(weights, optimizer, schedule) every few steps, so an interrupted run resumes bit-for-bit.
+
+``train_expert`` and ``train_mtl`` run the paper's two-stage recipe (linear probe, then full
+fine-tuning) and store the result in the run directory under a hash of their configuration; a
+second call with the same configuration loads it instead of training.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from . import checkpoints as ckpt
+from .models import SimoModel, count_parameters, make_encoder, make_head
+from .profiles import Profile
+from .scenes import load_split
+from .tasks import get_task, get_tasks
+
+__all__ = ["RunRecord", "load_data", "batch_indices", "fit", "evaluate", "build_model", "train_expert",
+           "train_mtl", "progress_enabled", "Stage", "one_cycle"]
+
+
+def progress_enabled(show_progress: bool | None = None) -> bool:
+    """Progress bars on unless asked otherwise, and always off under CI (env CI set) or SIMO_LITE_QUIET."""
+    if os.environ.get("CI") or os.environ.get("SIMO_LITE_QUIET"):
+        return False
+    return True if show_progress is None else bool(show_progress)
+
+
+@dataclass
+class RunRecord:
+    """What a training run cost: for the paper's cost comparison (Table 4)."""
+    name: str
+    steps: int = 0
+    samples: int = 0               # images seen (steps x batch size), summed over stages
+    trainable_params: int = 0      # the largest trainable set of any stage
+    wall_s: float = 0.0
+    stages: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+    def add(self, other: "RunRecord") -> None:
+        self.steps += other.steps
+        self.samples += other.samples
+        self.trainable_params = max(self.trainable_params, other.trainable_params)
+        self.wall_s += other.wall_s
+        self.stages.append({k: v for k, v in asdict(other).items() if k != "stages"})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_data(profile: Profile, seed: int = 0, splits=("train", "val", "test"), progress: bool = False) -> dict:
+    """The Scenes splits of a profile: {split: {key: tensor}} (rendered once, then cached)."""
+    sizes = {"train": profile.n_train, "val": profile.n_val, "test": profile.n_test}
+    return {s: load_split(s, sizes[s], size=profile.image_size, seed=seed, progress=progress,
+                          max_objects=profile.max_objects) for s in splits}
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of batch ``step``: epochs are seeded permutations of range(n), so any step is reproducible."""
+    per_epoch = max(n // batch_size, 1)
+    epoch, k = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return perm[k * batch_size:(k + 1) * batch_size] if n >= batch_size else perm
+
+
+def one_cycle(opt, lr: float, steps: int, pct_start: float):
+    """OneCycleLR with warm-up fraction ``pct_start``, kept at >= 2 steps so short runs work."""
+    steps = max(steps, 4)
+    pct = min(max(pct_start, 2.5 / steps), 0.5)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct)
+
+
+def _save_state(path, model, opt, sched, step, config_hash):
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_sd = opt.state_dict()
+    for pid, st in opt_sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    meta = {"step": step, "config_hash": config_hash, "sched": json.dumps(sched.state_dict()),
+            "param_groups": json.dumps(opt_sd["param_groups"])}
+    ckpt.save_tensors(tensors, path, metadata=meta)
+
+
+def _load_state(path, model, opt, sched, config_hash) -> int:
+    meta = ckpt.read_metadata(path)
+    tensors = ckpt.load_tensors(path, expect_hash=config_hash)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    sched.load_state_dict(json.loads(meta["sched"]))
+    return int(meta["step"])
+
+
+def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: int, seed: int = 0,
+        weight_decay: float = 1e-4, grad_clip: float = 25.0, pct_start: float = 0.1,
+        device: torch.device | str = "cpu", progress: bool = False, desc: str = "training",
+        name: str = "fit", state_path=None, state_every: int = 50, loss_fn=None,
+        callback=None) -> RunRecord:
+    """Train the parameters of ``model`` that have ``requires_grad`` for ``steps`` steps.
+
+    Args:
+        data: split dict {"image": (N,3,H,W), task: labels...}; batches are drawn by ``batch_indices``.
+        tasks: task names whose losses are averaged (unweighted mean, as the paper).
+        state_path: if given, the full training state is saved there every ``state_every`` steps and
+            loaded from there on start (resume after an interrupt); removed when training completes.
+        loss_fn: optional ``(model, batch) -> (loss, per_task_losses)`` replacing the default.
+        callback: optional ``callback(step, loss)`` after each step (tests use it to interrupt).
+
+    Returns a :class:`RunRecord` with steps, samples, trainable parameters, wall-clock and the
+    loss history (``metrics["loss"]``, one value per step).
+    """
+    tasks = get_tasks(tasks)
+    device = torch.device(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("fit: the model has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = one_cycle(opt, lr, steps, pct_start)
+    encoder_frozen = not any(p.requires_grad for p in model.encoder.parameters())
+    cfg_hash = ckpt.config_hash({"name": name, "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
+                                 "tasks": tasks, "n_params": sum(p.numel() for p in params)})
+    start = 0
+    if state_path is not None and Path(state_path).exists():
+        try:
+            start = _load_state(state_path, model, opt, sched, cfg_hash)
+        except ckpt.CheckpointError:
+            start = 0  # a state from another configuration or a corrupt file: start over
+    model.to(device).train()
+    if encoder_frozen:
+        model.encoder.eval()
+    n = len(data["image"])
+    losses: list[float] = []
+    iterator = range(start, steps)
+    if progress_enabled(progress):
+        from tqdm.auto import tqdm
+        iterator = tqdm(iterator, desc=desc, initial=start, total=steps, leave=False)
+    t0 = time.perf_counter()
+    for step in iterator:
+        idx = batch_indices(n, batch_size, seed, step)
+        batch = {k: v[idx].to(device, non_blocking=True) for k, v in data.items() if k == "image" or k in tasks}
+        if loss_fn is not None:
+            loss = loss_fn(model, batch)
+        else:
+            if encoder_frozen:
+                with torch.no_grad():
+                    feats = model.features(batch["image"])
+                out = {t: model.heads[t](feats) for t in tasks}
+            else:
+                feats = model.features(batch["image"])
+                out = {t: model.heads[t](feats) for t in tasks}
+            loss = sum(get_task(t).loss(out[t], batch[t]) for t in tasks) / len(tasks)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if hasattr(iterator, "set_postfix") and step % 10 == 0:
+            iterator.set_postfix(loss=f"{losses[-1]:.3f}")
+        if state_path is not None and (step + 1) % state_every == 0 and step + 1 < steps:
+            _save_state(state_path, model, opt, sched, step + 1, cfg_hash)
+        if callback is not None:
+            callback(step, losses[-1])
+    if state_path is not None:
+        Path(state_path).unlink(missing_ok=True)
+    model.eval()
+    done = steps - start
+    return RunRecord(name=name, steps=done, samples=done * min(batch_size, n),
+                     trainable_params=sum(p.numel() for p in params), wall_s=time.perf_counter() - t0,
+                     metrics={"loss": losses})
+
+
+@torch.no_grad()
+def evaluate(model: SimoModel, data: dict, tasks=None, batch_size: int = 128, device="cpu",
+             features: torch.Tensor | None = None) -> dict[str, float]:
+    """Each task's metric on a split: {task: value} (see the task registry for units and direction).
+
+    With ``features`` (N, L, 2C, h, w) precomputed, the encoder is skipped (cached-feature path).
+    """
+    tasks = get_tasks(tasks if tasks is not None else model.tasks)
+    device = torch.device(device)
+    model.to(device).eval()
+    acc = {t: get_task(t).new_metric() for t in tasks}
+    n = len(data["image"])
+    for s in range(0, n, batch_size):
+        if features is not None:
+            feats = features[s:s + batch_size].to(device)
+        else:
+            feats = model.features(data["image"][s:s + batch_size].to(device))
+        for t in tasks:
+            pred = get_task(t).predict(model.heads[t](feats))
+            acc[t].update(pred.cpu(), data[t][s:s + batch_size])
+    return {t: acc[t].compute() for t in tasks}
+
+
+def build_model(encoder_state: dict, profile: Profile, tasks, seed: int = 0,
+                head_states: dict | None = None) -> SimoModel:
+    """A SimoModel with the given encoder weights and one head per task (fresh, seeded, or loaded)."""
+    encoder = make_encoder(**profile.encoder_config())
+    encoder.load_state_dict(encoder_state)
+    heads = {}
+    for i, t in enumerate(get_tasks(tasks)):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed * 1000 + i)
+            heads[t] = make_head(profile.head, t, profile.embed_dim, len(profile.taps), profile.image_size)
+        if head_states is not None and t in head_states:
+            heads[t].load_state_dict(head_states[t])
+    return SimoModel(encoder, heads, profile.taps)
+
+
+class Stage:
+    """Which parameters train: 'heads' (encoder frozen: linear probe / head realignment) or 'all'."""
+
+    @staticmethod
+    def set(model: SimoModel, trainable: str) -> None:
+        if trainable not in ("heads", "all"):
+            raise ValueError(f"unknown stage {trainable!r}; valid: 'heads', 'all'")
+        for p in model.encoder.parameters():
+            p.requires_grad_(trainable == "all")
+        for p in model.heads.parameters():
+            p.requires_grad_(True)
+
+
+def _split_state(model: SimoModel) -> tuple[dict, dict]:
+    enc = {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
+    heads = {t: {k: v.detach().cpu().clone() for k, v in h.state_dict().items()} for t, h in model.heads.items()}
+    return enc, heads
+
+
+def _save_model(folder: Path, model: SimoModel, cfg_hash: str, record: RunRecord, config: dict) -> None:
+    enc, heads = _split_state(model)
+    meta = {"config_hash": cfg_hash, "config": json.dumps(config, sort_keys=True)}
+    for t, h in heads.items():
+        ckpt.save_tensors(h, folder / f"head-{t}.safetensors", metadata=meta)
+    ckpt.save_tensors(enc, folder / "encoder.safetensors", metadata=meta)
+    tmp = folder / "record.json.tmp"
+    tmp.write_text(json.dumps({"config_hash": cfg_hash, "config": config, "record": record.to_dict()}, indent=1))
+    os.replace(tmp, folder / "record.json")  # written last: its presence marks a complete checkpoint
+
+
+def _load_model(folder: Path, cfg_hash: str, profile: Profile, tasks) -> tuple[SimoModel, RunRecord] | None:
+    rec_path = folder / "record.json"
+    if not rec_path.exists():
+        return None
+    try:
+        rec = json.loads(rec_path.read_text())
+        if rec.get("config_hash") != cfg_hash:
+            return None
+        enc = ckpt.load_tensors(folder / "encoder.safetensors", expect_hash=cfg_hash)
+        heads = {t: ckpt.load_tensors(folder / f"head-{t}.safetensors", expect_hash=cfg_hash) for t in tasks}
+    except (ckpt.CheckpointError, json.JSONDecodeError):
+        return None
+    r = rec["record"]
+    record = RunRecord(**{k: r[k] for k in ("name", "steps", "samples", "trainable_params", "wall_s", "stages",
+                                            "metrics")})
+    return build_model(enc, profile, tasks, head_states=heads), record
+
+
+def _two_stage(name: str, tasks, foundation_state: dict, foundation_hash: str, profile: Profile, data: dict,
+               run_dir, seed: int, device, progress: bool, probe_steps: int, finetune_steps: int,
+               ) -> tuple[SimoModel, RunRecord]:
+    """Linear probe then full fine-tuning (LP -> FT), cached under run_dir/<kind>/<name>-<hash>/."""
+    tasks = get_tasks(tasks)
+    config = {"name": name, "tasks": tasks, "profile": profile.to_dict(), "foundation": foundation_hash,
+              "seed": seed, "probe_steps": probe_steps, "finetune_steps": finetune_steps, "version": 1}
+    h = ckpt.config_hash(config)
+    folder = Path(run_dir) / "models" / f"{name}-{h}"
+    loaded = _load_model(folder, h, profile, tasks)
+    if loaded is not None:
+        return loaded
+    folder.mkdir(parents=True, exist_ok=True)
+    record = RunRecord(name=name)
+    probe_dir = folder / "probe"
+    model = build_model(foundation_state, profile, tasks, seed=seed)
+    probe = _load_model(probe_dir, h, profile, tasks)
+    common = dict(batch_size=profile.batch_size, seed=seed, weight_decay=profile.weight_decay,
+                  grad_clip=profile.grad_clip, device=device, progress=progress)
+    if probe is None:
+        Stage.set(model, "heads")
+        r = fit(model, data["train"], tasks, probe_steps, profile.lr_head, pct_start=0.1, desc=f"{name}: probe",
+                name=f"{name}/probe", state_path=folder / "probe-state.safetensors", **common)
+        r.metrics = {"test": evaluate(model, data["test"], tasks, device=device)}
+        _save_model(probe_dir, model, h, r, config)
+    else:
+        model, r = probe
+    record.add(r)
+    record.metrics["probe"] = r.metrics["test"]
+    Stage.set(model, "all")
+    r = fit(model, data["train"], tasks, finetune_steps, profile.lr_finetune, pct_start=0.05,
+            desc=f"{name}: fine-tune", name=f"{name}/finetune", state_path=folder / "ft-state.safetensors",
+            seed=seed + 1, **{k: v for k, v in common.items() if k != "seed"})
+    record.add(r)
+    record.metrics["test"] = evaluate(model, data["test"], tasks, device=device)
+    record.metrics["val"] = evaluate(model, data["val"], tasks, device=device)
+    _save_model(folder, model, h, record, config)
+    return model, record
+
+
+def train_expert(task: str, foundation_state: dict, foundation_hash: str, profile: Profile, data: dict, run_dir,
+                 seed: int = 0, device="cpu", progress: bool = False) -> tuple[SimoModel, RunRecord]:
+    """The single-task expert for ``task``: linear probe, then full fine-tuning (paper §3)."""
+    return _two_stage(f"expert-{get_task(task).name}", (task,), foundation_state, foundation_hash, profile, data,
+                      run_dir, seed, device, progress, profile.probe_steps, profile.finetune_steps)
+
+
+def train_mtl(tasks, foundation_state: dict, foundation_hash: str, profile: Profile, data: dict, run_dir,
+              seed: int = 0, device="cpu", progress: bool = False) -> tuple[SimoModel, RunRecord]:
+    """Joint multi-task baseline: all heads, unweighted mean loss, probe then full fine-tuning."""
+    tasks = get_tasks(tasks)
+    return _two_stage("mtl-" + "+".join(tasks), tasks, foundation_state, foundation_hash, profile, data, run_dir,
+                      seed, device, progress, profile.mtl_probe_steps, profile.mtl_finetune_steps)
