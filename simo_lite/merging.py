@@ -1,0 +1,203 @@
+"""Task vectors and merging of encoder state dicts (heads are never merged).
+
+All functions work on plain state dicts ``{name: tensor}`` so they apply to any timm encoder, and
+they go one parameter tensor at a time, so merging never holds more than the task vectors plus a
+couple of per-tensor temporaries (about 1x the stacked task vectors; see ``benchmark_memory``).
+
+    tau_t        = theta_t - theta_0                     (task_vectors)
+    theta_merged = theta_0 + alpha * sum_t tau_t          (task_arithmetic)
+    theta_merged = theta_0 + alpha * ties(tau_1..tau_T)   (ties: trim, elect sign, disjoint mean)
+
+Only floating-point tensors are merged; integer buffers are copied from ``pretrained``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+
+__all__ = ["task_vectors", "task_arithmetic", "zero_shot", "weight_average", "ties", "dare", "tall_masks",
+           "tall_merged", "consensus", "select_alpha", "tv_norms", "tv_cosine", "ALPHA_GRID", "MERGE_METHODS",
+           "merge"]
+
+ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))   # 0.0 ... 1.0, the paper's grid
+
+StateDict = dict[str, torch.Tensor]
+
+
+def _float_keys(state: StateDict) -> list[str]:
+    return [k for k, v in state.items() if v.is_floating_point()]
+
+
+def task_vectors(pretrained: StateDict, finetuned: dict[str, StateDict]) -> dict[str, StateDict]:
+    """Per-task differences theta_t - theta_0 over floating-point tensors: {task: {name: tensor}}."""
+    out = {}
+    for task, state in finetuned.items():
+        missing = set(_float_keys(pretrained)) - set(state)
+        if missing:
+            raise KeyError(f"fine-tuned encoder for {task!r} lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+        out[task] = {k: (state[k].float() - pretrained[k].float()) for k in _float_keys(pretrained)}
+    return out
+
+
+def _apply(pretrained: StateDict, merged_tv: Callable[[str], torch.Tensor], alpha: float) -> StateDict:
+    out = {}
+    for k, v in pretrained.items():
+        out[k] = (v.float() + alpha * merged_tv(k)).to(v.dtype) if v.is_floating_point() else v.clone()
+    return out
+
+
+def _check(task_vectors: dict[str, StateDict]) -> list[str]:
+    if not task_vectors:
+        raise ValueError("no task vectors to merge")
+    return list(next(iter(task_vectors.values())))
+
+
+def task_arithmetic(pretrained: StateDict, task_vectors: dict[str, StateDict], alpha: float) -> StateDict:
+    """theta_0 + alpha * sum_t tau_t (Ilharco et al. 2023)."""
+    _check(task_vectors)
+    tvs = list(task_vectors.values())
+    return _apply(pretrained, lambda k: sum(tv[k] for tv in tvs), alpha)
+
+
+def zero_shot(pretrained: StateDict) -> StateDict:
+    """alpha = 0: the pretrained encoder (with the experts' heads attached later)."""
+    return {k: v.clone() for k, v in pretrained.items()}
+
+
+def weight_average(pretrained: StateDict, task_vectors: dict[str, StateDict]) -> StateDict:
+    """Average of the fine-tuned encoders: task arithmetic with alpha = 1/T."""
+    return task_arithmetic(pretrained, task_vectors, 1.0 / len(task_vectors))
+
+
+def _topk_threshold(tv: StateDict, k: float) -> float:
+    """Magnitude threshold keeping the top-``k`` fraction of all entries of one task vector."""
+    if k >= 1.0:
+        return 0.0
+    flat = torch.cat([v.abs().flatten() for v in tv.values()])
+    n_keep = max(int(round(k * flat.numel())), 1)
+    return float(torch.kthvalue(flat, flat.numel() - n_keep + 1).values)
+
+
+def ties(pretrained: StateDict, task_vectors: dict[str, StateDict], k: float = 0.2, alpha: float = 1.0) -> StateDict:
+    """TIES-Merging (Yadav et al. 2023): trim, elect sign, disjoint mean, then theta_0 + alpha * tau.
+
+    1. Trim: keep each task vector's top-``k`` fraction of entries by magnitude (k=1.0 keeps all).
+    2. Elect: per entry, the sign of the sum of the trimmed vectors.
+    3. Disjoint mean: average only the non-zero entries whose sign agrees with the elected one.
+    """
+    if not 0.0 < k <= 1.0:
+        raise ValueError(f"ties: k must be in (0, 1], got {k}")
+    _check(task_vectors)
+    thresholds = {t: _topk_threshold(tv, k) for t, tv in task_vectors.items()}
+
+    def merged(key: str) -> torch.Tensor:
+        trimmed = torch.stack([tv[key] * (tv[key].abs() >= thresholds[t]) if k < 1.0 else tv[key]
+                               for t, tv in task_vectors.items()])              # (T, *shape)
+        sign = torch.sign(trimmed.sum(0))                                        # elected sign
+        agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
+        return (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
+
+    return _apply(pretrained, merged, alpha)
+
+
+def dare(pretrained: StateDict, task_vectors: dict[str, StateDict], p: float = 0.9, alpha: float = 1.0,
+         seed: int = 0) -> StateDict:
+    """DARE (Yu et al. 2024), beyond the paper: drop each task-vector entry with probability ``p``,
+    rescale the rest by 1/(1-p), then task arithmetic."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dare: p must be in [0, 1), got {p}")
+    g = torch.Generator().manual_seed(seed)
+    tvs = list(task_vectors.values())
+
+    def merged(key: str) -> torch.Tensor:
+        return sum(tv[key] * (torch.rand(tv[key].shape, generator=g) >= p) / (1 - p) for tv in tvs)
+
+    return _apply(pretrained, merged, alpha)
+
+
+def tall_masks(task_vectors: dict[str, StateDict], lam: float | dict[str, float] = 0.6,
+               merged_tv: StateDict | None = None) -> dict[str, StateDict]:
+    """TALL masks (Wang et al. 2024): m_t = |tau_t| >= lam_t * |tau_MTL - tau_t| (bool, per entry).
+
+    ``merged_tv`` defaults to the task-arithmetic sum. ``lam`` may be one value or one per task.
+    """
+    keys = _check(task_vectors)
+    if merged_tv is None:
+        merged_tv = {k: sum(tv[k] for tv in task_vectors.values()) for k in keys}
+    lams = lam if isinstance(lam, dict) else {t: lam for t in task_vectors}
+    return {t: {k: tv[k].abs() >= lams[t] * (merged_tv[k] - tv[k]).abs() for k in keys}
+            for t, tv in task_vectors.items()}
+
+
+def tall_merged(pretrained: StateDict, task_vectors: dict[str, StateDict], task: str, lam: float,
+                alpha: float = 1.0) -> StateDict:
+    """The encoder TALL builds for one task: theta_0 + alpha * (m_task * tau_MTL).
+
+    Each task gets its own encoder, so a TALL model runs one encoder pass per task (not a single
+    shared encoder), which is why the paper lists it apart.
+    """
+    keys = _check(task_vectors)
+    merged_tv = {k: sum(tv[k] for tv in task_vectors.values()) for k in keys}
+    mask = tall_masks({task: task_vectors[task]}, lam, merged_tv)[task]
+    return _apply(pretrained, lambda k: merged_tv[k] * mask[k], alpha)
+
+
+def consensus(pretrained: StateDict, task_vectors: dict[str, StateDict], lam: float = 0.6, min_tasks: int = 2,
+              alpha: float = 1.0) -> StateDict:
+    """Consensus merging (Wang et al. 2024): keep entries of tau_MTL selected by >= ``min_tasks`` TALL masks."""
+    keys = _check(task_vectors)
+    merged_tv = {k: sum(tv[k] for tv in task_vectors.values()) for k in keys}
+    masks = tall_masks(task_vectors, lam, merged_tv)
+    return _apply(pretrained, lambda k: merged_tv[k] * (sum(m[k].int() for m in masks.values()) >= min_tasks),
+                  alpha)
+
+
+MERGE_METHODS = ("zeroshot", "average", "ta", "ties", "dare", "consensus")
+
+
+def merge(method: str, pretrained: StateDict, task_vectors: dict[str, StateDict], alpha: float = 1.0,
+          ties_k: float = 0.2, dare_p: float = 0.9, lam: float = 0.6, seed: int = 0) -> StateDict:
+    """One entry point for the single-encoder merges: method in MERGE_METHODS."""
+    if method == "zeroshot":
+        return zero_shot(pretrained)
+    if method == "average":
+        return weight_average(pretrained, task_vectors)
+    if method == "ta":
+        return task_arithmetic(pretrained, task_vectors, alpha)
+    if method == "ties":
+        return ties(pretrained, task_vectors, k=ties_k, alpha=alpha)
+    if method == "dare":
+        return dare(pretrained, task_vectors, p=dare_p, alpha=alpha, seed=seed)
+    if method == "consensus":
+        return consensus(pretrained, task_vectors, lam=lam, alpha=alpha)
+    raise ValueError(f"unknown merge method {method!r}; valid: {', '.join(MERGE_METHODS)}")
+
+
+def select_alpha(score: Callable[[float], float], grid: Iterable[float] = ALPHA_GRID) -> tuple[float, dict]:
+    """The paper's protocol: evaluate ``score(alpha)`` (a validation Δm, higher is better) on the grid.
+
+    Returns (best alpha, {alpha: score}). ``score`` must evaluate on the validation split; the test
+    split is only touched once, afterwards, at the chosen alpha.
+    """
+    scores = {float(a): float(score(float(a))) for a in grid}
+    finite = {a: s for a, s in scores.items() if math.isfinite(s)}
+    if not finite:
+        raise ValueError("select_alpha: no finite score on the grid")
+    best = max(finite, key=lambda a: (finite[a], -a))
+    return best, scores
+
+
+def tv_norms(task_vectors: dict[str, StateDict]) -> dict[str, float]:
+    """L2 norm of each task vector over all its entries."""
+    return {t: float(math.sqrt(sum(float((v.double() ** 2).sum()) for v in tv.values())))
+            for t, tv in task_vectors.items()}
+
+
+def tv_cosine(task_vectors: dict[str, StateDict]) -> torch.Tensor:
+    """Pairwise cosine similarity (T, T) between flattened task vectors, in task order."""
+    names = list(task_vectors)
+    flat = torch.stack([torch.cat([v.flatten().double() for v in task_vectors[t].values()]) for t in names])
+    flat = torch.nn.functional.normalize(flat, dim=1)
+    return (flat @ flat.T).float()

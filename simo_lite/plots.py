@@ -1,0 +1,91 @@
+"""Shared plotting helpers: fixed sizes, titles and axis labels; every function returns the figure.
+
+Save figures with ``Course.save_figure`` so they land in the run directory as PNG as well.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .scenes import CLASSES
+from .tasks import get_task, get_tasks
+
+__all__ = ["sample_grid", "prediction_grid", "class_frequencies", "metric_curve", "heatmap"]
+
+
+def _show(ax, img, title=None):
+    ax.imshow(img, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def sample_grid(data: dict, n: int = 4, tasks=("seg", "depth", "normals", "edges", "albedo"), title: str = ""):
+    """n scenes as rows; columns: the image, then every label rendered by its task's visualiser."""
+    tasks = get_tasks(tasks)
+    fig, axes = plt.subplots(n, 1 + len(tasks), figsize=(1.7 * (1 + len(tasks)), 1.7 * n), squeeze=False)
+    for i in range(n):
+        _show(axes[i, 0], data["image"][i].permute(1, 2, 0).numpy(), "image" if i == 0 else None)
+        for j, t in enumerate(tasks, 1):
+            _show(axes[i, j], get_task(t).visualize(data[t][i]), t if i == 0 else None)
+    fig.suptitle(title or f"{n} scenes and their labels", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def prediction_grid(images: torch.Tensor, rows: dict[str, dict[str, torch.Tensor]], task: str, n: int = 4,
+                    title: str = ""):
+    """For one task: input, then one column per model (``rows`` maps a label, e.g. 'target', 'expert',
+    'merged', to predictions/labels of shape (N, ...)); an absolute-error map follows each non-target column
+    for regression tasks."""
+    t = get_task(task)
+    names = list(rows)
+    fig, axes = plt.subplots(n, 1 + len(names), figsize=(1.7 * (1 + len(names)), 1.7 * n), squeeze=False)
+    for i in range(n):
+        _show(axes[i, 0], images[i].permute(1, 2, 0).numpy(), "image" if i == 0 else None)
+        for j, name in enumerate(names, 1):
+            _show(axes[i, j], t.visualize(rows[name][task][i]), name if i == 0 else None)
+    fig.suptitle(title or f"{task}: predictions", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def class_frequencies(seg: torch.Tensor, title: str = "pixel share per class"):
+    """Bar chart of the fraction of pixels of each Scenes class in ``seg`` (N, H, W)."""
+    freq = torch.bincount(seg.flatten(), minlength=len(CLASSES)).double() / seg.numel()
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(CLASSES, freq.numpy(), color="tab:blue")
+    ax.set_ylabel("fraction of pixels")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def metric_curve(x, ys: dict[str, list], xlabel: str, ylabel: str, title: str, mark_x=None):
+    """Line plot of one or more curves sharing x (e.g. normalised performance against alpha)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for name, y in ys.items():
+        ax.plot(x, y, marker="o", ms=3, label=name)
+    if mark_x is not None:
+        ax.axvline(mark_x, color="grey", ls="--", lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(matrix, row_labels, col_labels, title: str, cbar_label: str = "", fmt: str = ".2f", cmap="viridis"):
+    """Annotated heatmap (seaborn) of a 2-D array."""
+    import seaborn as sns
+    matrix = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(col_labels), 0.8 + 0.6 * len(row_labels)))
+    sns.heatmap(matrix, annot=True, fmt=fmt, xticklabels=col_labels, yticklabels=row_labels, cmap=cmap, ax=ax,
+                cbar_kws={"label": cbar_label})
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,169 @@
+"""The two cheap fixes for a merged SIMO model, both trained on the small validation split only.
+
+Head realignment (paper §6a)
+    Freeze the merged encoder, compute its head-input features on the validation images once
+    (``cache_features``), and fine-tune each expert head on them, one task at a time. The cost does
+    not depend on the encoder's size after the single feature pass.
+
+Representation realignment (paper §6b)
+    Add a low-rank adapter after every transformer block, ``y = f(x) + B A f(x)`` with ``B = 0`` at
+    start (so the model starts exactly at the merged one), and train adapters and heads jointly with
+    the unweighted mean loss. ``kind="lora"`` instead puts PEFT LoRA on the attention and MLP linears
+    of every block; those updates fold into the weights (``fold_lora``) for a plain encoder again.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.nn as nn
+
+from .models import SimoModel, count_parameters
+from .tasks import get_task, get_tasks
+from .training import RunRecord, fit
+
+__all__ = ["cache_features", "head_realign", "BlockAdapter", "AdaptedBlock", "add_block_adapters", "add_lora",
+           "fold_lora", "representation_realign", "LORA_TARGETS"]
+
+LORA_TARGETS = r".*blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
+
+
+@torch.no_grad()
+def cache_features(model: SimoModel, images: torch.Tensor, batch_size: int = 128, device="cpu") -> torch.Tensor:
+    """Head-input features of ``images`` (N, 3, H, W) -> (N, L, 2C, h, w), on CPU."""
+    model.to(device).eval()
+    return torch.cat([model.features(images[s:s + batch_size].to(device)).cpu()
+                      for s in range(0, len(images), batch_size)])
+
+
+def head_realign(model: SimoModel, val: dict, tasks=None, steps: int = 300, lr: float = 1e-3, batch_size: int = 32,
+                 seed: int = 0, device="cpu", progress: bool = False, cached: bool = True
+                 ) -> tuple[SimoModel, RunRecord]:
+    """Fine-tune each head of ``model`` (a copy) on ``val`` with the encoder frozen, tasks independent.
+
+    With ``cached=True`` the encoder runs once over ``val``; with ``cached=False`` it re-runs on every
+    batch (same batches, same result up to float rounding; for measuring the speed-up).
+    Returns the realigned copy and a RunRecord (steps, samples, trainable parameters, wall-clock).
+    """
+    tasks = get_tasks(tasks if tasks is not None else model.tasks)
+    model = copy.deepcopy(model).to(device)
+    record = RunRecord(name="head-realign" + ("" if cached else "-uncached"))
+    t0 = time.perf_counter()
+    if cached:
+        data = {"image": cache_features(model, val["image"], device=device), **{t: val[t] for t in tasks}}
+    else:
+        data = {"image": val["image"], **{t: val[t] for t in tasks}}
+    record.wall_s += time.perf_counter() - t0
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for i, t in enumerate(tasks):
+        head = model.heads[t]
+        for p in head.parameters():
+            p.requires_grad_(True)
+
+        def loss_fn(m, batch, t=t, head=head):
+            if cached:
+                feats = batch["image"]                                   # (B, L, 2C, h, w) cached
+            else:
+                with torch.no_grad():
+                    feats = m.features(batch["image"])                   # encoder pass every step
+            return get_task(t).loss(head(feats), batch[t])
+
+        r = fit(model, data, (t,), steps, lr, batch_size, seed=seed + i, device=device, progress=progress,
+                desc=f"head realign: {t}", name=f"head-realign/{t}", loss_fn=loss_fn)
+        for p in head.parameters():
+            p.requires_grad_(False)
+        record.add(r)
+    record.trainable_params = sum(count_parameters(model.heads[t]) for t in tasks)
+    return model, record
+
+
+class BlockAdapter(nn.Module):
+    """Low-rank residual adapter on a token stream: x (B, N, C) -> x + B(A(x)), B zero-initialised."""
+
+    def __init__(self, dim: int, rank: int = 16):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"adapter rank must be >= 1, got {rank}")
+        self.down = nn.Linear(dim, rank, bias=False)                     # A: (rank, C)
+        self.up = nn.Linear(rank, dim, bias=False)                       # B: (C, rank), zeros
+        nn.init.kaiming_uniform_(self.down.weight, a=5 ** 0.5)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.down(x))
+
+
+class AdaptedBlock(nn.Module):
+    """A transformer block followed by a :class:`BlockAdapter` (paper: an adapter after every block)."""
+
+    def __init__(self, block: nn.Module, adapter: BlockAdapter):
+        super().__init__()
+        self.block, self.adapter = block, adapter
+
+    def forward(self, x, *args, **kwargs):
+        return self.adapter(self.block(x, *args, **kwargs))
+
+
+def add_block_adapters(encoder: nn.Module, rank: int = 16) -> list[BlockAdapter]:
+    """Wrap every block of a timm ViT ``encoder`` in place; returns the adapters (trainable)."""
+    adapters = []
+    for i, block in enumerate(encoder.blocks):
+        if isinstance(block, AdaptedBlock):
+            raise ValueError("encoder already has block adapters")
+        adapter = BlockAdapter(encoder.embed_dim, rank)
+        encoder.blocks[i] = AdaptedBlock(block, adapter)
+        adapters.append(adapter)
+    return adapters
+
+
+def add_lora(encoder: nn.Module, rank: int = 16, alpha: float | None = None):
+    """Inject PEFT LoRA (rank ``rank``) into the attention and MLP linears of every block, in place.
+
+    Returns the ``peft.LoraModel`` wrapper (needed by :func:`fold_lora`); ``encoder`` itself keeps its
+    timm interface and now computes W x + (alpha / r) B A x in each targeted linear.
+    """
+    from peft import LoraConfig, LoraModel
+    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=LORA_TARGETS,
+                        lora_dropout=0.0, bias="none")
+    return LoraModel(encoder, config, "default")
+
+
+def fold_lora(lora_model) -> nn.Module:
+    """Merge trained LoRA updates into the base weights and return the plain encoder (W <- W + s B A)."""
+    return lora_model.merge_and_unload()
+
+
+def representation_realign(model: SimoModel, val: dict, tasks=None, rank: int = 16, kind: str = "block",
+                           steps: int = 300, lr: float = 1e-3, batch_size: int = 32, seed: int = 0, device="cpu",
+                           progress: bool = False) -> tuple[SimoModel, RunRecord]:
+    """Train low-rank adapters in the (frozen) merged encoder together with all heads on ``val``.
+
+    ``kind``: "block" (adapter after every block, the paper's form) or "lora" (PEFT LoRA on the
+    blocks' linears). Returns the realigned copy (adapters still attached) and its RunRecord.
+    """
+    if kind not in ("block", "lora"):
+        raise ValueError(f"unknown adapter kind {kind!r}; valid: 'block', 'lora'")
+    tasks = get_tasks(tasks if tasks is not None else model.tasks)
+    model = copy.deepcopy(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if kind == "block":
+            adapters = add_block_adapters(model.encoder, rank)
+            adapter_params = [p for a in adapters for p in a.parameters()]
+        else:
+            object.__setattr__(model, "lora", add_lora(model.encoder, rank))  # not a submodule
+            adapter_params = [p for n, p in model.encoder.named_parameters() if "lora_" in n]
+    for p in adapter_params:
+        p.requires_grad_(True)
+    for t in tasks:
+        for p in model.heads[t].parameters():
+            p.requires_grad_(True)
+    r = fit(model, {"image": val["image"], **{t: val[t] for t in tasks}}, tasks, steps, lr, batch_size, seed=seed,
+            device=device, progress=progress, desc=f"representation realign ({kind}, r={rank})",
+            name=f"repr-realign-{kind}")
+    r.name = f"repr-realign-{kind}"
+    return model, r
