@@ -68,6 +68,7 @@ def zero_shot(pretrained: StateDict) -> StateDict:
 
 def weight_average(pretrained: StateDict, task_vectors: dict[str, StateDict]) -> StateDict:
     """Average of the fine-tuned encoders: task arithmetic with alpha = 1/T."""
+    _check(task_vectors)
     return task_arithmetic(pretrained, task_vectors, 1.0 / len(task_vectors))
 
 
@@ -108,6 +109,7 @@ def dare(pretrained: StateDict, task_vectors: dict[str, StateDict], p: float = 0
     rescale the rest by 1/(1-p), then task arithmetic."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dare: p must be in [0, 1), got {p}")
+    _check(task_vectors)
     g = torch.Generator().manual_seed(seed)
     tvs = list(task_vectors.values())
 

@@ -241,7 +241,9 @@ def _object_normals(hit, kind, p, slot):
     # sphere
     n_s = torch.stack([x - cx, y - size, z - cz], -1)
     # cylinder: side or cap
-    on_cap = (y - height).abs() < 1e-3
+    # cap or side: whichever surface the hit point lies closer to (robust at the rim)
+    radial = torch.sqrt((x - cx) ** 2 + (z - cz) ** 2)
+    on_cap = (y - height).abs() < (radial - size).abs()
     n_c = torch.where(on_cap[..., None], torch.tensor([0.0, 1.0, 0.0]),
                       torch.stack([x - cx, torch.zeros_like(x), z - cz], -1))
     # box: the local axis along which the point lies on a face
@@ -417,7 +419,7 @@ def load_split(split: str, n: int, size: int = 64, seed: int = 0, cache: bool = 
         raise ValueError(f"unknown split {split!r}; valid: {sorted(SPLIT_OFFSETS)}")
     opt = {**DEFAULT_OPTIONS, **options}
     key = {k: v for k, v in opt.items() if k != "batch_size"}
-    key.update(split=split, n=n, size=size, seed=seed, version=1)
+    key.update(split=split, n=n, size=size, seed=seed, version=2)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = _cache_dir() / f"scenes-{split}-{n}x{size}-{digest}.safetensors"
     if cache and path.exists():

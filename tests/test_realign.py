@@ -1,0 +1,273 @@
+"""Head realignment (cached features, frozen encoder) and representation realignment (block adapters
+or PEFT LoRA) on the ``smoke`` profile with a random encoder and the small validation split."""
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+from simo_lite import foundation, profiles, realign, training
+from simo_lite.models import count_parameters
+
+TASKS = ("seg", "depth")
+STEPS = 8            # head realignment steps per task
+REPR_STEPS = 5       # representation realignment steps
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def profile():
+    return profiles.get("smoke")
+
+
+@pytest.fixture(scope="module")
+def val(profile):
+    full = training.load_data(profile, splits=("val",))["val"]
+    return {k: v[:16] for k, v in full.items()}                              # 16 images keep it quick
+
+
+@pytest.fixture(scope="module")
+def base_model(profile):
+    return training.build_model(foundation.random_encoder_state(profile), profile, TASKS).eval()
+
+
+@pytest.fixture()
+def model(base_model):
+    return copy.deepcopy(base_model)
+
+
+@pytest.fixture(scope="module")
+def images(val):
+    return val["image"][:6]
+
+
+def _feats(model, images):
+    model.eval()
+    with torch.no_grad():
+        return model.features(images)
+
+
+def _state(module: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _assert_state_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------------------------------------------------
+# cached features
+# ------------------------------------------------------------------------------------------------
+
+
+def test_cache_features_matches_model_features(model, val, profile):
+    imgs = val["image"][:13]
+    cached = realign.cache_features(model, imgs, batch_size=5)              # 3 batches, the last partial
+    h = profile.image_size // profile.patch_size
+    assert cached.shape == (13, len(profile.taps), 2 * profile.embed_dim, h, h)
+    assert cached.device.type == "cpu"
+    assert torch.allclose(cached, _feats(model, imgs), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# block adapters
+# ------------------------------------------------------------------------------------------------
+
+
+def test_block_adapters_identity_at_init_then_change(model, images, profile):
+    before = _feats(model, images)
+    n_before = count_parameters(model.encoder)
+    rank = 4
+    adapters = realign.add_block_adapters(model.encoder, rank=rank)
+    C = profile.embed_dim
+    assert len(adapters) == profile.depth
+    assert all(isinstance(b, realign.AdaptedBlock) for b in model.encoder.blocks)
+    assert count_parameters(model.encoder) - n_before == profile.depth * 2 * C * rank
+    for a in adapters:
+        assert a.down.weight.shape == (rank, C) and a.up.weight.shape == (C, rank)
+        assert torch.count_nonzero(a.up.weight) == 0
+        assert torch.count_nonzero(a.down.weight) > 0
+    after = _feats(model, images)
+    assert torch.allclose(after, before, atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for a in adapters:
+            a.up.weight.copy_(torch.randn(a.up.weight.shape, generator=g) * 0.1)
+    changed = _feats(model, images)
+    assert (changed - before).abs().max() > 1e-3
+
+
+def test_block_adapter_forward_formula():
+    a = realign.BlockAdapter(6, rank=2)
+    x = torch.randn(2, 5, 6)
+    assert torch.equal(a(x), x)
+    with torch.no_grad():
+        a.up.weight.normal_()
+    assert torch.allclose(a(x), x + x @ a.down.weight.T @ a.up.weight.T, atol=1e-6)
+
+
+def test_block_adapters_errors(model):
+    with pytest.raises(ValueError, match="rank"):
+        realign.BlockAdapter(8, rank=0)
+    realign.add_block_adapters(model.encoder, rank=2)
+    with pytest.raises(ValueError, match="already"):
+        realign.add_block_adapters(model.encoder, rank=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# PEFT LoRA
+# ------------------------------------------------------------------------------------------------
+
+
+def _lora_targets(encoder) -> list[nn.Linear]:
+    return [m for n, m in encoder.named_modules() if re.fullmatch(realign.LORA_TARGETS, n)]
+
+
+def test_lora_identity_then_change_then_fold(model, images, profile):
+    orig_keys = set(model.encoder.state_dict())
+    before = _feats(model, images)
+    targets = _lora_targets(model.encoder)
+    assert len(targets) == 4 * profile.depth and all(isinstance(m, nn.Linear) for m in targets)
+    lora = realign.add_lora(model.encoder, rank=4)
+    lora_params = {n: p for n, p in model.encoder.named_parameters() if "lora_" in n}
+    assert len(lora_params) == 2 * len(targets)
+    assert sum(p.numel() for p in lora_params.values()) == sum(4 * (m.in_features + m.out_features) for m in targets)
+    assert torch.allclose(_feats(model, images), before, atol=1e-6)        # B = 0 at init
+
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in lora_params.items():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    with_lora = _feats(model, images)
+    assert (with_lora - before).abs().max() > 1e-3
+
+    folded = realign.fold_lora(lora)
+    assert isinstance(folded, VisionTransformer)
+    keys = set(folded.state_dict())
+    assert not any("lora" in k for k in keys)
+    assert keys == orig_keys, keys ^ orig_keys                              # loads into a plain make_encoder
+    model.encoder = folded
+    assert torch.allclose(_feats(model, images), with_lora, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# head realignment
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def head_runs(base_model, val):
+    before = copy.deepcopy(base_model)
+    cached = realign.head_realign(base_model, val, TASKS, steps=STEPS, batch_size=BATCH, seed=0, cached=True)
+    uncached = realign.head_realign(base_model, val, TASKS, steps=STEPS, batch_size=BATCH, seed=0, cached=False)
+    return before, cached, uncached
+
+
+def test_head_realign_returns_copy_and_record(base_model, head_runs):
+    before, (new, rec), _ = head_runs
+    assert new is not base_model
+    _assert_state_equal(_state(base_model), _state(before))               # original untouched
+    assert rec.steps == STEPS * len(TASKS)
+    assert rec.samples == STEPS * len(TASKS) * BATCH
+    assert rec.trainable_params == sum(count_parameters(new.heads[t]) for t in TASKS)
+    assert len(rec.stages) == len(TASKS)
+    assert rec.name == "head-realign"
+    for t in TASKS:
+        changed = any(not torch.equal(a, b) for a, b in
+                      zip(new.heads[t].state_dict().values(), base_model.heads[t].state_dict().values()))
+        assert changed, f"head {t} did not train"
+
+
+def test_head_realign_leaves_encoder_untouched(base_model, head_runs):
+    _, (new, _), (new_u, _) = head_runs
+    _assert_state_equal(_state(new.encoder), _state(base_model.encoder))
+    _assert_state_equal(_state(new_u.encoder), _state(base_model.encoder))
+
+
+def test_head_realign_cached_equals_uncached(head_runs):
+    _, (a, rec_a), (b, rec_b) = head_runs
+    assert rec_b.name == "head-realign-uncached"
+    for t in TASKS:
+        sa, sb = a.heads[t].state_dict(), b.heads[t].state_dict()
+        for k in sa:
+            assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-4), (t, k)
+    for sa, sb in zip(rec_a.stages, rec_b.stages):
+        assert sa["metrics"]["loss"] == pytest.approx(sb["metrics"]["loss"], rel=1e-4, abs=1e-5)
+
+
+def test_head_realign_one_task_leaves_other_head(base_model, val):
+    new, rec = realign.head_realign(base_model, val, ("depth",), steps=3, batch_size=BATCH)
+    assert rec.steps == 3
+    assert rec.trainable_params == count_parameters(new.heads["depth"])
+    _assert_state_equal(_state(new.heads["seg"]), _state(base_model.heads["seg"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# representation realignment
+# ------------------------------------------------------------------------------------------------
+
+
+def _head_params(model) -> int:
+    return sum(count_parameters(model.heads[t]) for t in TASKS)
+
+
+def test_representation_realign_block(base_model, val, profile):
+    enc0 = _state(base_model.encoder)
+    heads0 = {t: _state(base_model.heads[t]) for t in TASKS}
+    rank = 4
+    new, rec = realign.representation_realign(base_model, val, TASKS, rank=rank, kind="block", steps=REPR_STEPS,
+                                              batch_size=BATCH, lr=1e-3)
+    _assert_state_equal(_state(base_model.encoder), enc0)                 # original untouched
+    assert rec.steps == REPR_STEPS and rec.name == "repr-realign-block"
+    assert rec.trainable_params == profile.depth * 2 * profile.embed_dim * rank + _head_params(new)
+
+    state = _state(new.encoder)
+    adapter_keys = {k for k in state if ".adapter." in k}
+    assert len(adapter_keys) == 2 * profile.depth
+    # every original tensor is still there (blocks.i.X -> blocks.i.block.X) and unchanged
+    base = {re.sub(r"^blocks\.(\d+)\.block\.", r"blocks.\1.", k): v for k, v in state.items() if k not in adapter_keys}
+    _assert_state_equal(base, enc0)
+    assert all(torch.count_nonzero(state[k]) > 0 for k in adapter_keys if ".up." in k)   # B trained away from 0
+    for t in TASKS:
+        assert any(not torch.equal(v, heads0[t][k]) for k, v in _state(new.heads[t]).items()), t
+    assert new(val["image"][:2])["seg"].shape[-2:] == (profile.image_size, profile.image_size)
+
+
+def test_representation_realign_lora(base_model, val, profile):
+    enc0 = _state(base_model.encoder)
+    heads0 = {t: _state(base_model.heads[t]) for t in TASKS}
+    rank = 4
+    targets = _lora_targets(base_model.encoder)
+    new, rec = realign.representation_realign(base_model, val, TASKS, rank=rank, kind="lora", steps=REPR_STEPS,
+                                              batch_size=BATCH, lr=1e-3)
+    _assert_state_equal(_state(base_model.encoder), enc0)
+    assert rec.steps == REPR_STEPS and rec.name == "repr-realign-lora"
+    lora_numel = sum(rank * (m.in_features + m.out_features) for m in targets)
+    assert lora_numel == 16 * rank * profile.embed_dim * profile.depth      # qkv 4C, proj 2C, fc1 5C, fc2 5C per rank
+    assert rec.trainable_params == lora_numel + _head_params(new)
+
+    state = _state(new.encoder)
+    lora_keys = {k for k in state if "lora_" in k}
+    assert len(lora_keys) == 2 * len(targets)
+    base = {k.replace(".base_layer.", "."): v for k, v in state.items() if k not in lora_keys}
+    _assert_state_equal(base, enc0)
+    assert any(torch.count_nonzero(state[k]) > 0 for k in lora_keys if "lora_B" in k)
+    for t in TASKS:
+        assert any(not torch.equal(v, heads0[t][k]) for k, v in _state(new.heads[t]).items()), t
+    # the trained LoRA folds into a plain encoder with the same features
+    feats = _feats(new, val["image"][:4])
+    new.encoder = realign.fold_lora(new.lora)
+    assert not any("lora" in k for k in new.encoder.state_dict())
+    assert torch.allclose(_feats(new, val["image"][:4]), feats, atol=1e-5)
+
+
+def test_representation_realign_unknown_kind(base_model, val):
+    with pytest.raises(ValueError, match="block"):
+        realign.representation_realign(base_model, val, TASKS, kind="prefix", steps=1)
