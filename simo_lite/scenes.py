@@ -15,8 +15,9 @@ image      (N,3,H,W) f32    shaded colour in [0, 1]
 seg        (N,H,W)   i64    semantic class, see :data:`CLASSES`
 depth      (N,1,H,W) f32    camera-space z of the hit, metres, finite and > 0
 normals    (N,3,H,W) f32    unit surface normal in the camera frame (x right, y down, z forward)
-edges      (N,1,H,W) f32    1 where the right or lower neighbour is another surface (occlusion)
-                            or its normal turns by more than ``crease_deg`` (crease), else 0
+edges      (N,1,H,W) f32    1 on both sides of a boundary between 4-neighbours that lie on different
+                            surfaces (occlusion) or whose normals differ by more than ``crease_deg``
+                            (crease), so edges are 2 px wide; else 0
 albedo     (N,3,H,W) f32    unlit surface colour (reflectance) in [0, 1]
 =========  ===============  ======================================================================
 
@@ -275,7 +276,9 @@ def _render_batch(index: torch.Tensor, size: int, seed: int, opt: dict) -> dict[
     p = _sample_params(seed, index, K)
     rot = _camera_to_world(p["cam_pitch"], p["cam_yaw"])                   # (B, 3, 3)
     d_cam = camera_rays(size, opt["fov_deg"])                               # (P, 3), z = 1
-    d = torch.einsum("bij,pj->bpi", rot, d_cam)                             # (B, P, 3) world dirs
+    # explicit sums, not einsum/bmm: their reduction order depends on the batch shape, and a scene
+    # must not depend on which batch it was rendered in (bitwise)
+    d = (rot[:, None] * d_cam[None, :, None, :]).sum(-1)                    # (B, P, 3) world dirs
     o = torch.zeros(B, 1, 3)
     o[:, 0, 1] = p["cam_height"]                                            # (B, 1, 3)
 
@@ -330,15 +333,20 @@ def _render_batch(index: torch.Tensor, size: int, seed: int, opt: dict) -> dict[
     image = (albedo * (amb + (1 - amb) * lambert[..., None])).clamp(0, 1)
 
     # --- camera-frame normals, edges ---------------------------------------------------------------
-    normals = torch.einsum("bji,bpj->bpi", rot, n_world)       # R^T n: world -> camera frame
+    normals = (rot.transpose(1, 2)[:, None] * n_world[:, :, None, :]).sum(-1)  # R^T n: world -> camera
     normals = normals / normals.norm(dim=-1, keepdim=True)
     H = W = size
-    to_img = lambda x: x.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    to_img = lambda x: x.reshape(B, H, W, x.shape[-1]).permute(0, 3, 1, 2).contiguous()  # noqa: E731
     n_img, surf = to_img(normals), surface.reshape(B, H, W)
     cos_crease = math.cos(math.radians(opt["crease_deg"]))
     edges = torch.zeros(B, H, W, dtype=torch.bool)
-    edges[:, :, :-1] |= (surf[:, :, :-1] != surf[:, :, 1:]) | ((n_img[:, :, :, :-1] * n_img[:, :, :, 1:]).sum(1) < cos_crease)
-    edges[:, :-1, :] |= (surf[:, :-1, :] != surf[:, 1:, :]) | ((n_img[:, :, :-1, :] * n_img[:, :, 1:, :]).sum(1) < cos_crease)
+    # a boundary between horizontal / vertical neighbours marks both pixels (edges 2 px wide)
+    across_x = (surf[:, :, :-1] != surf[:, :, 1:]) | ((n_img[:, :, :, :-1] * n_img[:, :, :, 1:]).sum(1) < cos_crease)
+    across_y = (surf[:, :-1, :] != surf[:, 1:, :]) | ((n_img[:, :, :-1, :] * n_img[:, :, 1:, :]).sum(1) < cos_crease)
+    edges[:, :, :-1] |= across_x
+    edges[:, :, 1:] |= across_x
+    edges[:, :-1, :] |= across_y
+    edges[:, 1:, :] |= across_y
     return {
         "image": to_img(image),
         "seg": seg.reshape(B, H, W).long(),
@@ -419,7 +427,7 @@ def load_split(split: str, n: int, size: int = 64, seed: int = 0, cache: bool = 
         raise ValueError(f"unknown split {split!r}; valid: {sorted(SPLIT_OFFSETS)}")
     opt = {**DEFAULT_OPTIONS, **options}
     key = {k: v for k, v in opt.items() if k != "batch_size"}
-    key.update(split=split, n=n, size=size, seed=seed, version=2)
+    key.update(split=split, n=n, size=size, seed=seed, version=4)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = _cache_dir() / f"scenes-{split}-{n}x{size}-{digest}.safetensors"
     if cache and path.exists():
