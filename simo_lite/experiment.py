@@ -146,6 +146,62 @@ class Experiment:
             metrics[t] = self.evaluate(best[2], "test", (t,))[t]
         return metrics, chosen
 
+    # -- diagnostics --------------------------------------------------------------------------
+    def feature_drift(self, encoder_state: dict, split: str = "val", n: int = 128) -> list[dict]:
+        """Rows (task, layer, mean_shift, std_ratio, norm_ratio, cka, cosine): the features of
+        ``encoder_state`` against each expert's own features, on the first ``n`` images of ``split``."""
+        from .diagnostics import feature_drift
+        from .realign import cache_features
+        images = self.data[split]["image"][:n]
+        merged = cache_features(self.with_heads(encoder_state), images, device=self.device)
+        rows = []
+        for t in self.tasks:
+            ref = cache_features(self.expert(t)[0], images, device=self.device)
+            rows += [{"task": t, **r} for r in feature_drift(ref, merged)]
+        return rows
+
+    def head_swap(self, extra: dict | None = None, split: str = "val") -> dict[str, dict[str, float]]:
+        """Metric of every expert encoder (and ``extra`` {name: encoder state}) with every expert head."""
+        from .diagnostics import head_swap_matrix
+        encoders = {f"expert-{t}": self.expert(t)[0].encoder.state_dict() for t in self.tasks}
+        encoders.update(extra or {})
+        return head_swap_matrix(encoders, self.tasks,
+                                lambda state: self.evaluate(self.with_heads(state), split))
+
+    def merge_combinations(self, method: str = "ta", alpha: float | None = None, split: str = "test") -> dict:
+        """Paper Fig. 1: normalised performance of every subset of tasks merged with ``method``.
+
+        ``alpha`` None: chosen on validation for each subset (the paper's protocol)."""
+        from .diagnostics import merge_combinations
+
+        def score(subset):
+            a = alpha if alpha is not None else self.select_alpha(method, tasks=subset)[0]
+            model = self.with_heads(self.merge(method, a, tasks=subset), subset)
+            return self.normalized(self.evaluate(model, split, subset), split)
+
+        return merge_combinations(self.tasks, score)
+
+    def task_relationships(self, lams=tuple(round(0.1 * i, 1) for i in range(16)), split: str = "val") -> dict:
+        """Paper Figs. 3/5/6: theta_0 + lam * tau_primary with every head attached, for each primary task.
+
+        Returns {primary: {lam: {task: normalised performance}}}."""
+        out = {}
+        for primary in self.tasks:
+            tv = self.task_vectors((primary,))
+            out[primary] = {}
+            for lam in lams:
+                model = self.with_heads(merging.task_arithmetic(self.foundation, tv, lam))
+                out[primary][float(lam)] = self.normalized(self.evaluate(model, split), split)
+        return out
+
+    def layer_coefficients(self, steps: int | None = None, lr: float = 1e-2) -> tuple[torch.Tensor, list, list]:
+        """Paper Fig. 2: per-task, per-layer merging coefficients learned on the validation split."""
+        model = self.with_heads(self.foundation)
+        return merging.learn_layer_coefficients(self.foundation, self.task_vectors(), model, self.data["val"],
+                                                steps=steps or self.profile.realign_steps // 2, lr=lr,
+                                                batch_size=self.profile.batch_size, seed=self.seed,
+                                                device=self.device, progress=self.progress)
+
     # -- fixes --------------------------------------------------------------------------------
     def head_realigned(self, model: SimoModel, cached: bool = True, steps: int | None = None):
         return head_realign(model, self.data["val_realign"], self.tasks, steps=steps or self.profile.realign_steps,

@@ -19,7 +19,7 @@ import torch
 
 __all__ = ["task_vectors", "task_arithmetic", "zero_shot", "weight_average", "ties", "dare", "tall_masks",
            "tall_merged", "consensus", "select_alpha", "tv_norms", "tv_cosine", "ALPHA_GRID", "MERGE_METHODS",
-           "merge"]
+           "merge", "layer_groups", "learn_layer_coefficients"]
 
 ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))   # 0.0 ... 1.0, the paper's grid
 
@@ -203,3 +203,85 @@ def tv_cosine(task_vectors: dict[str, StateDict]) -> torch.Tensor:
     flat = torch.stack([torch.cat([v.flatten().double() for v in task_vectors[t].values()]) for t in names])
     flat = torch.nn.functional.normalize(flat, dim=1)
     return (flat @ flat.T).float()
+
+
+def layer_groups(state: StateDict) -> dict[str, str]:
+    """Map each float tensor name of a timm ViT state dict to its layer group:
+    'embed' (patch/pos embedding, CLS), 'block<i>', or 'norm' (final norm and anything else)."""
+    groups = {}
+    for k in _float_keys(state):
+        if k.startswith("blocks."):
+            groups[k] = f"block{int(k.split('.')[1])}"
+        elif k.startswith(("patch_embed", "pos_embed", "cls_token", "reg_token")):
+            groups[k] = "embed"
+        else:
+            groups[k] = "norm"
+    return groups
+
+
+def learn_layer_coefficients(pretrained: StateDict, task_vectors: dict[str, StateDict], model, data: dict,
+                             steps: int = 100, lr: float = 1e-2, batch_size: int = 32, init: float = 0.3,
+                             seed: int = 0, device="cpu", progress: bool = False) -> tuple[torch.Tensor, list[str], list[float]]:
+    """AdaMerging-style per-task, per-layer merging coefficients, learned on labelled validation data.
+
+    theta(lambda) = theta_0 + sum_t lambda[t, g(k)] * tau_t[k], lambda clamped to [0, 1], trained to
+    minimise the unweighted mean of the task losses of ``model``'s (frozen) heads on ``data`` (the
+    paper's Fig. 2 analysis). ``model`` is a SimoModel whose heads are the experts'.
+
+    Returns (lambda (T, G) tensor, group names (G,), loss per step).
+    """
+    from torch.func import functional_call
+
+    from .tasks import get_task
+    from .training import batch_indices, progress_enabled
+
+    tasks = list(task_vectors)
+    groups = layer_groups(pretrained)
+    order = lambda g: (0, 0) if g == "embed" else (1, int(g[5:])) if g.startswith("block") else (2, 0)  # noqa: E731
+    names = sorted(set(groups.values()), key=order)                    # embed, block0..block{D-1}, norm
+    col = {g: i for i, g in enumerate(names)}
+    device = torch.device(device)
+    lam = torch.full((len(tasks), len(names)), float(init), device=device, requires_grad=True)
+    opt = torch.optim.Adam([lam], lr=lr)
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    base = {k: v.to(device) for k, v in pretrained.items()}
+    tvs = {t: {k: v.to(device) for k, v in task_vectors[t].items()} for t in tasks}
+    keys = list(groups)
+    tap = _FeatureTap(model.encoder, model.taps)
+    losses = []
+    it = range(steps)
+    if progress_enabled(progress):
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="learning layer coefficients", leave=False)
+    for step in it:
+        idx = batch_indices(len(data["image"]), batch_size, seed, step)
+        lam_c = lam.clamp(0, 1)
+        params = dict(base)
+        for k in keys:
+            j = col[groups[k]]
+            params[k] = base[k] + sum(lam_c[i, j] * tvs[t][k] for i, t in enumerate(tasks))
+        images = data["image"][idx].to(device)
+        feats = functional_call(tap, {f"encoder.{k}": v for k, v in params.items()}, (images,))  # (B, L, 2C, h, w)
+        loss = sum(get_task(t).loss(model.heads[t](feats), data[t][idx].to(device)) for t in model.tasks) / len(model.tasks)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            lam.clamp_(0, 1)
+        losses.append(float(loss.detach()))
+    return lam.detach().cpu().clamp(0, 1), names, losses
+
+
+
+class _FeatureTap(torch.nn.Module):
+    """``forward(images) = encoder_features(encoder, images, taps)``, so functional_call can swap weights."""
+
+    def __init__(self, encoder, taps):
+        super().__init__()
+        self.encoder, self.taps = encoder, taps
+
+    def forward(self, images):
+        from .models import encoder_features
+        return encoder_features(self.encoder, images, self.taps)
