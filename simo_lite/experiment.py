@@ -275,6 +275,41 @@ class Experiment:
             (out / f"{name}.md").write_text(self.to_markdown(table))
         return table
 
+    def training_table(self, write: bool = True) -> dict:
+        """Probe vs expert vs MTL on each task (test split) with every model's training cost.
+
+        Writes results/training-<tasks>.{md,json}. Trains what is missing."""
+        mtl_model, mtl_rec = self.mtl()
+        rows = []
+        for t in self.tasks:
+            rec = self.expert(t)[1]
+            rows.append({"task": t, "metric": get_task(t).metric_name, "lower_is_better": self.lower[t],
+                         "probe": rec.metrics["probe"][t], "expert": rec.metrics["test"][t],
+                         "mtl": mtl_rec.metrics["test"][t],
+                         "cost": {k: getattr(rec, k) for k in ("steps", "samples", "trainable_params", "wall_s")}})
+        mtl_cost = {k: getattr(mtl_rec, k) for k in ("steps", "samples", "trainable_params", "wall_s")}
+        out = {"tasks": list(self.tasks), "profile": self.profile.name, "seed": self.seed, "rows": rows,
+               "mtl_cost": mtl_cost}
+        if write:
+            lines = [f"## Training: probe, experts and MTL ({', '.join(self.tasks)}; {self.profile.name} profile, "
+                     f"seed {self.seed}, test split)", "",
+                     "| model | task | metric | linear probe | expert (LP→FT) | MTL | steps | samples | "
+                     "trainable params | wall s |", "|---" * 10 + "|"]
+            for r in rows:
+                c = r["cost"]
+                lines.append(f"| expert-{r['task']} | {r['task']} | {r['metric']} {'↓' if r['lower_is_better'] else '↑'} | "
+                             f"{r['probe']:.4g} | {r['expert']:.4g} | {r['mtl']:.4g} | {c['steps']} | {c['samples']} | "
+                             f"{c['trainable_params']:,} | {c['wall_s']:.0f} |")
+            c = mtl_cost
+            lines.append(f"| mtl | all | | | | | {c['steps']} | {c['samples']} | {c['trainable_params']:,} | "
+                         f"{c['wall_s']:.0f} |")
+            res = self.run_dir / "results"
+            res.mkdir(parents=True, exist_ok=True)
+            name = "training-" + "+".join(self.tasks)
+            (res / f"{name}.md").write_text("\n".join(lines) + "\n")
+            (res / f"{name}.json").write_text(json.dumps(out, indent=1, default=float))
+        return out
+
     def to_markdown(self, table: list[dict]) -> str:
         heads = [f"{t} {get_task(t).metric_name} {'↓' if self.lower[t] else '↑'}" for t in self.tasks]
         lines = [f"## Results: {', '.join(self.tasks)} ({self.profile.name} profile, seed {self.seed}, test split)", "",

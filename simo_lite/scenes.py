@@ -47,6 +47,7 @@ CLASSES = ("floor", "wall", "ceiling", "sphere", "box", "cylinder")
 NUM_CLASSES = len(CLASSES)
 SPHERE, BOX, CYLINDER = 0, 1, 2  # primitive kinds; class id = 3 + kind
 SPLIT_OFFSETS = {"train": 0, "val": 10_000_000, "test": 20_000_000}
+VERSION = 4  # bump when rendering or labels change: invalidates cached splits and trained models
 
 DEFAULT_OPTIONS = dict(
     max_objects=4,       # 1..max_objects primitives per scene
@@ -427,7 +428,7 @@ def load_split(split: str, n: int, size: int = 64, seed: int = 0, cache: bool = 
         raise ValueError(f"unknown split {split!r}; valid: {sorted(SPLIT_OFFSETS)}")
     opt = {**DEFAULT_OPTIONS, **options}
     key = {k: v for k, v in opt.items() if k != "batch_size"}
-    key.update(split=split, n=n, size=size, seed=seed, version=4)
+    key.update(split=split, n=n, size=size, seed=seed, version=VERSION)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = _cache_dir() / f"scenes-{split}-{n}x{size}-{digest}.safetensors"
     if cache and path.exists():

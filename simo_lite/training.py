@@ -23,6 +23,7 @@ import torch.nn as nn
 from . import checkpoints as ckpt
 from .models import SimoModel, count_parameters, make_encoder, make_head
 from .profiles import Profile
+from .scenes import VERSION as SCENES_VERSION
 from .scenes import load_split
 from .tasks import get_task, get_tasks
 
@@ -278,7 +279,8 @@ def _two_stage(name: str, tasks, foundation_state: dict, foundation_hash: str, p
     """Linear probe then full fine-tuning (LP -> FT), cached under run_dir/<kind>/<name>-<hash>/."""
     tasks = get_tasks(tasks)
     config = {"name": name, "tasks": tasks, "profile": profile.to_dict(), "foundation": foundation_hash,
-              "seed": seed, "probe_steps": probe_steps, "finetune_steps": finetune_steps, "version": 1}
+              "seed": seed, "probe_steps": probe_steps, "finetune_steps": finetune_steps, "version": 1,
+              "scenes_version": SCENES_VERSION}
     h = ckpt.config_hash(config)
     folder = Path(run_dir) / "models" / f"{name}-{h}"
     loaded = _load_model(folder, h, profile, tasks)
