@@ -325,3 +325,31 @@ class Experiment:
 
     def copy_model(self, model: SimoModel) -> SimoModel:
         return copy.deepcopy(model)
+
+
+def main(argv=None) -> None:
+    """``python -m simo_lite.experiment --profile cpu --tasks nyu3 diverse5``: every results table."""
+    import argparse
+
+    from .profiles import get, resolve_device, PROFILES
+    ap = argparse.ArgumentParser(description="Train what is missing and write the results tables to the run dir")
+    ap.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
+    ap.add_argument("--tasks", nargs="+", default=["nyu3", "diverse5"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--run-dir", default=None, help="default: runs/<profile>-<seed>")
+    args = ap.parse_args(argv)
+    from .course import REPO
+    run_dir = Path(args.run_dir) if args.run_dir else REPO / "runs" / f"{args.profile}-{args.seed}"
+    for tasks in args.tasks:
+        t0 = time.perf_counter()
+        exp = Experiment(get(args.profile), tasks, args.seed, resolve_device(args.device), run_dir,
+                         progress=not os.environ.get("CI"))
+        exp.training_table()
+        table = exp.results_table()
+        print(exp.to_markdown(table))
+        print(f"{tasks}: {time.perf_counter() - t0:.0f} s; tables in {run_dir / 'results'}\n")
+
+
+if __name__ == "__main__":
+    main()
