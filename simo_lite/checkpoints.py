@@ -37,6 +37,9 @@ def save_tensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str
     os.close(fd)
     try:
         save_file(clean, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
