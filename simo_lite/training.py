@@ -158,13 +158,9 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
         if loss_fn is not None:
             loss = loss_fn(model, batch)
         else:
-            if encoder_frozen:
-                with torch.no_grad():
-                    feats = model.features(batch["image"])
-                out = {t: model.heads[t](feats) for t in tasks}
-            else:
-                feats = model.features(batch["image"])
-                out = {t: model.heads[t](feats) for t in tasks}
+            with torch.set_grad_enabled(not encoder_frozen):              # frozen encoder: no graph
+                feats = model.features(batch["image"])                     # (B, L, 2C, h, w)
+            out = {t: model.heads[t](feats) for t in tasks}
             loss = sum(get_task(t).loss(out[t], batch[t]) for t in tasks) / len(tasks)
         opt.zero_grad(set_to_none=True)
         loss.backward()
