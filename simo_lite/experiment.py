@@ -25,6 +25,7 @@ from .metrics import delta_m, normalized_performance
 from .models import SimoModel
 from .profiles import Profile
 from .realign import head_realign, representation_realign
+from .scenes import VERSION as SCENES_VERSION
 from .tasks import get_task, get_tasks, lower_is_better
 from .training import RunRecord, build_model, evaluate, load_data, train_expert, train_mtl
 
@@ -218,7 +219,7 @@ class Experiment:
     def _row_path(self, name: str) -> Path:
         cfg = {"row": name, "tasks": self.tasks, "profile": self.profile.to_dict(), "seed": self.seed,
                "foundation": self.foundation_hash, "ties_k": self.ties_k, "rank": self.adapter_rank,
-               "n_realign": len(self.data["val_realign"]["image"]), "version": 1}
+               "n_realign": len(self.data["val_realign"]["image"]), "version": 1, "scenes_version": SCENES_VERSION}
         return self.run_dir / "rows" / f"{'+'.join(self.tasks)}-{name}-{ckpt.config_hash(cfg)}.json"
 
     def row(self, name: str) -> dict:

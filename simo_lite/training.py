@@ -293,7 +293,7 @@ def _two_stage(name: str, tasks, foundation_state: dict, foundation_hash: str, p
         Stage.set(model, "heads")
         r = fit(model, data["train"], tasks, probe_steps, profile.lr_head, pct_start=0.1, desc=f"{name}: probe",
                 name=f"{name}/probe", state_path=folder / "probe-state.safetensors", **common)
-        r.metrics = {"test": evaluate(model, data["test"], tasks, device=device)}
+        r.metrics["test"] = evaluate(model, data["test"], tasks, device=device)  # keeps the loss history
         _save_model(probe_dir, model, h, r, config)
     else:
         model, r = probe

@@ -71,6 +71,7 @@ def test_parameters_cell_is_literal(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
 def test_notebook_runs_in_smoke_profile(path, tmp_path, monkeypatch):
     monkeypatch.setenv("CI", "1")                                   # progress bars off in the kernel too
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")                      # tiny smoke tensors: threads only add overhead
     monkeypatch.setenv("SIMO_LITE_CACHE", str(tmp_path / "cache"))  # cold, isolated scene cache
     run_dir = tmp_path / "run"
     executed_path = run_dir / path.name
