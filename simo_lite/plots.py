@@ -37,9 +37,8 @@ def sample_grid(data: dict, n: int = 4, tasks=("seg", "depth", "normals", "edges
 
 def prediction_grid(images: torch.Tensor, rows: dict[str, dict[str, torch.Tensor]], task: str, n: int = 4,
                     title: str = ""):
-    """For one task: input, then one column per model (``rows`` maps a label, e.g. 'target', 'expert',
-    'merged', to predictions/labels of shape (N, ...)); an absolute-error map follows each non-target column
-    for regression tasks."""
+    """For one task: the input, then one column per entry of ``rows``, which maps a label (e.g. 'target',
+    'expert', 'merged') to ``{task: predictions or labels (N, ...)}``, each drawn by the task's visualiser."""
     t = get_task(task)
     names = list(rows)
     fig, axes = plt.subplots(n, 1 + len(names), figsize=(1.7 * (1 + len(names)), 1.7 * n), squeeze=False)
