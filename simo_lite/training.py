@@ -266,7 +266,7 @@ def _load_model(folder: Path, cfg_hash: str, profile: Profile, tasks) -> tuple[S
     r = rec["record"]
     record = RunRecord(**{k: r[k] for k in ("name", "steps", "samples", "trainable_params", "wall_s", "stages",
                                             "metrics")})
-    return build_model(enc, profile, tasks, head_states=heads), record
+    return build_model(enc, profile, tasks, head_states=heads).eval(), record  # same mode as a fresh run
 
 
 def _two_stage(name: str, tasks, foundation_state: dict, foundation_hash: str, profile: Profile, data: dict,
