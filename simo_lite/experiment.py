@@ -10,7 +10,6 @@ so the notebooks can each call what they need and a later notebook reuses what a
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -323,9 +322,6 @@ class Experiment:
                          f"{100 * r['delta_m_relative']:+.1f}% | {c['steps']} | {c['samples']} | "
                          f"{c['trainable_params']:,} | {c['wall_s']:.1f} |")
         return "\n".join(lines) + "\n"
-
-    def copy_model(self, model: SimoModel) -> SimoModel:
-        return copy.deepcopy(model)
 
 
 def main(argv=None) -> None:

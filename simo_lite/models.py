@@ -12,7 +12,6 @@ Heads only ever see ``features``, so head realignment can cache them once per me
 """
 from __future__ import annotations
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -135,7 +134,3 @@ class SimoModel(nn.Module):
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def timm_version() -> str:
-    return timm.__version__

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoints as ckpt
-from .models import SimoModel, count_parameters, make_encoder, make_head
+from .models import SimoModel, make_encoder, make_head
 from .profiles import Profile
 from .scenes import VERSION as SCENES_VERSION
 from .scenes import load_split
