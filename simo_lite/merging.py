@@ -54,6 +54,12 @@ def _check(task_vectors: dict[str, StateDict]) -> list[str]:
     return list(next(iter(task_vectors.values())))
 
 
+def _summed(task_vectors: dict[str, StateDict]) -> StateDict:
+    """tau_MTL = sum_t tau_t, the task-arithmetic multi-task vector."""
+    keys = _check(task_vectors)
+    return {k: sum(tv[k] for tv in task_vectors.values()) for k in keys}
+
+
 def task_arithmetic(pretrained: StateDict, task_vectors: dict[str, StateDict], alpha: float) -> StateDict:
     """theta_0 + alpha * sum_t tau_t (Ilharco et al. 2023)."""
     _check(task_vectors)
@@ -127,7 +133,7 @@ def tall_masks(task_vectors: dict[str, StateDict], lam: float | dict[str, float]
     """
     keys = _check(task_vectors)
     if merged_tv is None:
-        merged_tv = {k: sum(tv[k] for tv in task_vectors.values()) for k in keys}
+        merged_tv = _summed(task_vectors)
     lams = lam if isinstance(lam, dict) else {t: lam for t in task_vectors}
     return {t: {k: tv[k].abs() >= lams[t] * (merged_tv[k] - tv[k]).abs() for k in keys}
             for t, tv in task_vectors.items()}
@@ -140,8 +146,7 @@ def tall_merged(pretrained: StateDict, task_vectors: dict[str, StateDict], task:
     Each task gets its own encoder, so a TALL model runs one encoder pass per task (not a single
     shared encoder), which is why the paper lists it apart.
     """
-    keys = _check(task_vectors)
-    merged_tv = {k: sum(tv[k] for tv in task_vectors.values()) for k in keys}
+    merged_tv = _summed(task_vectors)
     mask = tall_masks({task: task_vectors[task]}, lam, merged_tv)[task]
     return _apply(pretrained, lambda k: merged_tv[k] * mask[k], alpha)
 
@@ -149,8 +154,7 @@ def tall_merged(pretrained: StateDict, task_vectors: dict[str, StateDict], task:
 def consensus(pretrained: StateDict, task_vectors: dict[str, StateDict], lam: float = 0.6, min_tasks: int = 2,
               alpha: float = 1.0) -> StateDict:
     """Consensus merging (Wang et al. 2024): keep entries of tau_MTL selected by >= ``min_tasks`` TALL masks."""
-    keys = _check(task_vectors)
-    merged_tv = {k: sum(tv[k] for tv in task_vectors.values()) for k in keys}
+    merged_tv = _summed(task_vectors)
     masks = tall_masks(task_vectors, lam, merged_tv)
     return _apply(pretrained, lambda k: merged_tv[k] * (sum(m[k].int() for m in masks.values()) >= min_tasks),
                   alpha)
