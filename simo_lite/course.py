@@ -73,25 +73,33 @@ class Course:
 
 
 def setup(profile: str = "cpu", seed: int = 0, run_dir: str = "", device: str = "auto",
-          show_progress: bool = True, expect_version: str | None = None, **overrides) -> Course:
+          show_progress: bool = True, expect_version: str | None = None, dataset: str = "scenes",
+          data_dir: str = "", backbone: str = "", weights: str = "", **overrides) -> Course:
     """Validate notebook parameters and return a :class:`Course`; prints a one-line summary.
 
-    ``run_dir`` empty means ``runs/<profile>-<seed>`` in the repository. Invalid values stop with an
-    error that lists the valid ones.
+    ``run_dir`` empty means ``runs/<profile>-<seed>`` in the repository (``runs/<profile>-<dataset>-<seed>``
+    for a real dataset). ``dataset``/``data_dir`` pick the data (``scenes`` is rendered offline),
+    ``backbone``/``weights`` a timm ViT loaded from a local file (docs/real-data.md). Invalid values
+    stop with an error that lists the valid ones.
     """
     if expect_version is not None and expect_version != __version__:
         raise RuntimeError(f"this notebook expects simo_lite {expect_version}, found {__version__}: "
                            f"reinstall with `pip install -e .` from the repository")
-    prof = P.get(profile, **overrides)
+    prof = P.get(profile, dataset=dataset, data_dir=str(data_dir), backbone=backbone, weights=str(weights),
+                 **overrides)
+    P.validate(prof)
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     dev = P.resolve_device(device)
-    path = Path(run_dir) if run_dir else REPO / "runs" / f"{prof.name}-{seed}"
+    default = f"{prof.name}-{seed}" if prof.dataset == "scenes" else f"{prof.name}-{prof.dataset}-{seed}"
+    path = Path(run_dir) if run_dir else REPO / "runs" / default
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     ctx = Course(prof, seed, dev, path, progress_enabled(show_progress))
     print(f"simo_lite {__version__} | torch {torch.__version__} | profile {prof.name} | seed {seed} | "
-          f"device {dev} | run_dir {path}")
+          f"device {dev} | run_dir {path}"
+          + ("" if prof.dataset == "scenes" else f" | dataset {prof.dataset} ({prof.data_dir})")
+          + (f" | backbone {prof.backbone} ({prof.weights})" if prof.backbone else ""))
     return ctx
 
 

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-__all__ = ["Profile", "PROFILES", "get", "resolve_device"]
+__all__ = ["Profile", "PROFILES", "DATASETS", "get", "validate", "resolve_device"]
+
+DATASETS = ("scenes", "nyuv2", "cityscapes")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,11 @@ class Profile:
     head: str = "linear"       # "linear" (paper's BN + 1x1 conv) or "conv" (small DPT-style)
     mask_ratio: float = 0.6    # foundation: fraction of patches masked
     max_objects: int = 4
+    # data and backbone: the offline Scenes course by default (see docs/real-data.md)
+    dataset: str = "scenes"    # "scenes", "nyuv2" or "cityscapes"
+    data_dir: str = ""         # folder of a real dataset (ignored for scenes)
+    backbone: str = ""         # a timm model name; empty: the course's own ViT (encoder fields above)
+    weights: str = ""          # local weights file of ``backbone`` (safetensors or .pth); never downloaded
 
     @property
     def taps(self) -> tuple[int, ...]:
@@ -89,6 +96,29 @@ def get(profile: str | Profile = "cpu", **overrides) -> Profile:
     if bad:
         raise ValueError(f"unknown profile field(s) {sorted(bad)}; valid: {sorted(names)}")
     return replace(base, **overrides)
+
+
+def validate(profile: Profile) -> Profile:
+    """Check the data and backbone fields; clear errors naming the valid values or the missing path."""
+    from pathlib import Path
+    if profile.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {profile.dataset!r}; valid: {', '.join(DATASETS)}")
+    if profile.dataset != "scenes":
+        if not profile.data_dir:
+            raise ValueError(f"dataset {profile.dataset!r} needs data_dir (the folder holding train/ and val/); "
+                             f"see docs/real-data.md")
+        if not Path(profile.data_dir).is_dir():
+            raise FileNotFoundError(f"data_dir {profile.data_dir!r} is not a folder (dataset {profile.dataset!r}); "
+                                    f"see docs/real-data.md for the expected layout")
+    if profile.weights and not profile.backbone:
+        raise ValueError("weights given without backbone: name the timm model the file belongs to, "
+                         "e.g. backbone='vit_small_patch14_dinov2.lvd142m'")
+    if profile.backbone and not profile.weights:
+        raise ValueError(f"backbone {profile.backbone!r} needs weights: a local file (nothing is downloaded); "
+                         f"see docs/real-data.md")
+    if profile.weights and not Path(profile.weights).is_file():
+        raise FileNotFoundError(f"weights file {profile.weights!r} not found (backbone {profile.backbone!r})")
+    return profile
 
 
 def resolve_device(device: str = "auto") -> torch.device:
