@@ -115,6 +115,11 @@ class Experiment:
         key = json.dumps([method, tasks, list(grid), kw], sort_keys=True)
         if key in self._alphas:
             return self._alphas[key]
+        path = self._cache_path("alpha", {"key": key, "val": len(self.data["val"]["image"])})
+        if path.exists():                                       # a sweep done by an earlier notebook
+            cached = json.loads(path.read_text())
+            self._alphas[key] = (cached["alpha"], {float(a): v for a, v in cached["scores"].items()})
+            return self._alphas[key]
 
         def score(alpha: float) -> float:
             model = self.with_heads(merging.merge(method, self.foundation, tvs, alpha=alpha, seed=self.seed, **kw),
@@ -122,6 +127,8 @@ class Experiment:
             return self.score(self.evaluate(model, "val", tasks), split="val")
 
         self._alphas[key] = merging.select_alpha(score, grid)
+        _write_json(path, {"method": method, "tasks": list(tasks), "kw": kw, "alpha": self._alphas[key][0],
+                           "scores": self._alphas[key][1]})
         return self._alphas[key]
 
     def merged_model(self, method: str) -> tuple[SimoModel, float, dict]:
@@ -215,6 +222,12 @@ class Experiment:
                                       seed=self.seed, device=self.device, progress=self.progress)
 
     # -- the table ----------------------------------------------------------------------------
+    def _cache_path(self, kind: str, extra: dict) -> Path:
+        """run_dir/<kind>s/<tasks>-<hash>.json for a result that depends on this experiment's set-up."""
+        cfg = {"tasks": self.tasks, "profile": self.profile.to_dict(), "seed": self.seed,
+               "foundation": self.foundation_hash, "scenes_version": SCENES_VERSION, **extra}
+        return self.run_dir / f"{kind}s" / f"{'+'.join(self.tasks)}-{ckpt.config_hash(cfg)}.json"
+
     def _row_path(self, name: str) -> Path:
         cfg = {"row": name, "tasks": self.tasks, "profile": self.profile.to_dict(), "seed": self.seed,
                "foundation": self.foundation_hash, "ties_k": self.ties_k, "rank": self.adapter_rank,
@@ -258,10 +271,7 @@ class Experiment:
                "delta_m_relative": self.score(metrics, kind="relative"),
                "cost": {k: getattr(cost, k) for k in ("steps", "samples", "trainable_params", "wall_s")},
                "wall_s_total": time.perf_counter() - t0, **extra}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(row, indent=1, default=float))
-        os.replace(tmp, path)
+        _write_json(path, row)
         return row
 
     def results_table(self, rows=ROWS, write: bool = True) -> list[dict]:
@@ -322,6 +332,14 @@ class Experiment:
                          f"{100 * r['delta_m_relative']:+.1f}% | {c['steps']} | {c['samples']} | "
                          f"{c['trainable_params']:,} | {c['wall_s']:.1f} |")
         return "\n".join(lines) + "\n"
+
+
+def _write_json(path: Path, obj) -> None:
+    """Atomic JSON write (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> None:

@@ -146,18 +146,27 @@ def probe_comparison(profile: P.Profile, foundation_state: dict, tasks=("seg", "
                      seed: int = 0, device="cpu", data: dict | None = None, progress: bool | None = None) -> dict:
     """Linear probe (frozen encoder, head trained ``probe_steps``) on foundation vs random init, test metrics.
 
+    Each encoder runs once over the train split (``training.cache_features``, when the features fit
+    in memory); every task's head then trains on those cached features.
     Returns {"foundation": {task: metric}, "random": {task: metric}}.
     """
-    from .training import Stage, build_model, evaluate, fit
+    from .tasks import get_tasks
+    from .training import Stage, build_model, cache_features, evaluate, features_fit_in_memory, fit
+    tasks = get_tasks(tasks)
     data = data or load_data(profile, seed)
     out = {}
+    n = len(data["train"]["image"])
     for label, state in (("foundation", foundation_state), ("random", random_encoder_state(profile, seed))):
         out[label] = {}
+        feats = None
+        if features_fit_in_memory(profile, n):
+            feats = cache_features(build_model(state, profile, tasks[:1], seed=seed), data["train"]["image"],
+                                   device=device, progress=progress, desc=f"encoding ({label})")
         for task in tasks:
             model = build_model(state, profile, (task,), seed=seed)
             Stage.set(model, "heads")
             fit(model, data["train"], (task,), profile.probe_steps, profile.lr_head, profile.batch_size, seed=seed,
-                device=device, progress=progress, desc=f"probe {label} {task}")
+                device=device, progress=progress, desc=f"probe {label} {task}", features=feats)
             out[label][task] = evaluate(model, data["test"], (task,), device=device)[task]
     return out
 

@@ -21,20 +21,12 @@ import torch.nn as nn
 
 from .models import SimoModel, count_parameters
 from .tasks import get_task, get_tasks
-from .training import RunRecord, fit
+from .training import RunRecord, cache_features, fit
 
 __all__ = ["cache_features", "head_realign", "BlockAdapter", "AdaptedBlock", "add_block_adapters", "add_lora",
            "fold_lora", "representation_realign", "LORA_TARGETS"]
 
 LORA_TARGETS = r".*blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
-
-
-@torch.no_grad()
-def cache_features(model: SimoModel, images: torch.Tensor, batch_size: int = 128, device="cpu") -> torch.Tensor:
-    """Head-input features of ``images`` (N, 3, H, W) -> (N, L, 2C, h, w), on CPU."""
-    model.to(device).eval()
-    return torch.cat([model.features(images[s:s + batch_size].to(device)).cpu()
-                      for s in range(0, len(images), batch_size)])
 
 
 def head_realign(model: SimoModel, val: dict, tasks=None, steps: int = 300, lr: float = 1e-3, batch_size: int = 32,

@@ -27,7 +27,7 @@ from .scenes import VERSION as SCENES_VERSION
 from .scenes import load_split
 from .tasks import get_task, get_tasks
 
-__all__ = ["RunRecord", "load_data", "batch_indices", "fit", "evaluate", "build_model", "train_expert",
+__all__ = ["RunRecord", "load_data", "cache_features", "features_fit_in_memory", "batch_indices", "fit", "evaluate", "build_model", "train_expert",
            "train_mtl", "progress_enabled", "Stage", "one_cycle"]
 
 
@@ -65,6 +65,31 @@ def load_data(profile: Profile, seed: int = 0, splits=("train", "val", "test"), 
     sizes = {"train": profile.n_train, "val": profile.n_val, "test": profile.n_test}
     return {s: load_split(s, sizes[s], size=profile.image_size, seed=seed, progress=progress,
                           max_objects=profile.max_objects) for s in splits}
+
+
+# cached head-input features are used for frozen-encoder stages when they take at most this much memory
+FEATURE_CACHE_BYTES = 2 * 2**30
+
+
+@torch.no_grad()
+def cache_features(model: SimoModel, images: torch.Tensor, batch_size: int = 128, device="cpu",
+                   progress: bool = False, desc: str = "encoding") -> torch.Tensor:
+    """Head-input features of ``images`` (N, 3, H, W) -> (N, L, 2C, h, w), float32 on CPU.
+
+    One encoder pass (eval mode) over the images; heads trained on these see exactly what they would
+    see with the frozen encoder in the loop (the ViT has no dropout or batch statistics)."""
+    model.to(device).eval()
+    starts = range(0, len(images), batch_size)
+    if progress_enabled(progress) and len(starts) > 4:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc=desc, leave=False)
+    return torch.cat([model.features(images[s:s + batch_size].to(device)).cpu() for s in starts])
+
+
+def features_fit_in_memory(profile: Profile, n: int) -> bool:
+    """Whether the features of ``n`` images, (n, L, 2C, h, w) float32, fit in ``FEATURE_CACHE_BYTES``."""
+    h = profile.image_size // profile.patch_size
+    return n * len(profile.taps) * 2 * profile.embed_dim * h * h * 4 <= FEATURE_CACHE_BYTES
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -112,7 +137,7 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
         weight_decay: float = 1e-4, grad_clip: float = 25.0, pct_start: float = 0.1,
         device: torch.device | str = "cpu", progress: bool = False, desc: str = "training",
         name: str = "fit", state_path=None, state_every: int = 50, loss_fn=None,
-        callback=None) -> RunRecord:
+        callback=None, features: torch.Tensor | None = None) -> RunRecord:
     """Train the parameters of ``model`` that have ``requires_grad`` for ``steps`` steps.
 
     Args:
@@ -122,6 +147,8 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
             loaded from there on start (resume after an interrupt); removed when training completes.
         loss_fn: optional ``(model, batch) -> (loss, per_task_losses)`` replacing the default.
         callback: optional ``callback(step, loss)`` after each step (tests use it to interrupt).
+        features: optional cached head-input features (N, L, 2C, h, w) of ``data["image"]``
+            (:func:`cache_features`); only with a frozen encoder, which is then skipped.
 
     Returns a :class:`RunRecord` with steps, samples, trainable parameters, wall-clock and the
     loss history (``metrics["loss"]``, one value per step).
@@ -134,6 +161,11 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = one_cycle(opt, lr, steps, pct_start)
     encoder_frozen = not any(p.requires_grad for p in model.encoder.parameters())
+    if features is not None:
+        if not encoder_frozen:
+            raise ValueError("fit: cached features need a frozen encoder (Stage.set(model, 'heads'))")
+        if len(features) != len(data["image"]):
+            raise ValueError(f"fit: {len(features)} cached features for {len(data['image'])} images")
     cfg_hash = ckpt.config_hash({"name": name, "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
                                  "tasks": tasks, "n_params": sum(p.numel() for p in params)})
     start = 0
@@ -154,12 +186,16 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
     t0 = time.perf_counter()
     for step in iterator:
         idx = batch_indices(n, batch_size, seed, step)
-        batch = {k: v[idx].to(device, non_blocking=True) for k, v in data.items() if k == "image" or k in tasks}
+        batch = {k: v[idx].to(device, non_blocking=True) for k, v in data.items()
+                 if k in tasks or (k == "image" and features is None)}
         if loss_fn is not None:
             loss = loss_fn(model, batch)
         else:
-            with torch.set_grad_enabled(not encoder_frozen):              # frozen encoder: no graph
-                feats = model.features(batch["image"])                     # (B, L, 2C, h, w)
+            if features is not None:
+                feats = features[idx].to(device, non_blocking=True)       # (B, L, 2C, h, w) cached
+            else:
+                with torch.set_grad_enabled(not encoder_frozen):          # frozen encoder: no graph
+                    feats = model.features(batch["image"])                 # (B, L, 2C, h, w)
             out = {t: model.heads[t](feats) for t in tasks}
             loss = sum(get_task(t).loss(out[t], batch[t]) for t in tasks) / len(tasks)
         opt.zero_grad(set_to_none=True)
@@ -275,7 +311,7 @@ def _two_stage(name: str, tasks, foundation_state: dict, foundation_hash: str, p
     """Linear probe then full fine-tuning (LP -> FT), cached under run_dir/<kind>/<name>-<hash>/."""
     tasks = get_tasks(tasks)
     config = {"name": name, "tasks": tasks, "profile": profile.to_dict(), "foundation": foundation_hash,
-              "seed": seed, "probe_steps": probe_steps, "finetune_steps": finetune_steps, "version": 1,
+              "seed": seed, "probe_steps": probe_steps, "finetune_steps": finetune_steps, "version": 2,
               "scenes_version": SCENES_VERSION}
     h = ckpt.config_hash(config)
     folder = Path(run_dir) / "models" / f"{name}-{h}"
@@ -291,8 +327,12 @@ def _two_stage(name: str, tasks, foundation_state: dict, foundation_hash: str, p
                   grad_clip=profile.grad_clip, device=device, progress=progress)
     if probe is None:
         Stage.set(model, "heads")
+        n = len(data["train"]["image"])
+        feats = (cache_features(model, data["train"]["image"], device=device, progress=progress,
+                                desc=f"{name}: encoding") if features_fit_in_memory(profile, n) else None)
         r = fit(model, data["train"], tasks, probe_steps, profile.lr_head, pct_start=0.1, desc=f"{name}: probe",
-                name=f"{name}/probe", state_path=folder / "probe-state.safetensors", **common)
+                name=f"{name}/probe", state_path=folder / "probe-state.safetensors", features=feats, **common)
+        del feats
         r.metrics["test"] = evaluate(model, data["test"], tasks, device=device)  # keeps the loss history
         _save_model(probe_dir, model, h, r, config)
     else:
