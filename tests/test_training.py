@@ -301,3 +301,38 @@ def test_foundation_pretrains_saves_and_loads(tmp_path, monkeypatch):
     assert any(not torch.equal(v, rand[k]) for k, v in enc.state_dict().items())
     # another configuration has another hash
     assert ckpt.config_hash(foundation.foundation_config(profiles.get(prof, foundation_steps=31))) != h1
+
+
+# ------------------------------------------------------------------------------------------------
+# cached features for frozen-encoder stages
+# ------------------------------------------------------------------------------------------------
+def test_fit_on_cached_features_matches_encoder_in_the_loop(profile, data, encoder_state):
+    """A probe trained on cached features ends where the same probe with the frozen encoder ends."""
+    direct = _model(encoder_state, profile, ("seg", "depth"), trainable="heads")
+    cached = _model(encoder_state, profile, ("seg", "depth"), trainable="heads")
+    feats = training.cache_features(cached, data["train"]["image"], batch_size=48)
+    assert feats.shape == (len(data["train"]["image"]), len(profile.taps), 2 * profile.embed_dim,
+                           profile.image_size // profile.patch_size, profile.image_size // profile.patch_size)
+    r1 = fit(direct, data["train"], ("seg", "depth"), 8, 3e-3, 16, seed=3)
+    r2 = fit(cached, data["train"], ("seg", "depth"), 8, 3e-3, 16, seed=3, features=feats)
+    assert r1.steps == r2.steps == 8 and r1.samples == r2.samples
+    for a, b in zip(r1.metrics["loss"], r2.metrics["loss"]):
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
+    pa, pb = _params(direct), _params(cached)
+    for k in pa:
+        torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-5)
+
+
+def test_fit_cached_features_errors(profile, data, encoder_state):
+    model = _model(encoder_state, profile, ("depth",), trainable="all")
+    feats = training.cache_features(model, data["train"]["image"])
+    with pytest.raises(ValueError, match="frozen encoder"):
+        fit(model, data["train"], ("depth",), 2, 1e-3, 8, features=feats)
+    Stage.set(model, "heads")
+    with pytest.raises(ValueError, match="cached features for"):
+        fit(model, data["train"], ("depth",), 2, 1e-3, 8, features=feats[:5])
+
+
+def test_features_fit_in_memory_by_size(profile):
+    assert training.features_fit_in_memory(profile, 1000)
+    assert not training.features_fit_in_memory(profiles.get("gpu"), 30000)   # ~94 GB of features
