@@ -85,9 +85,9 @@ def setup(profile: str = "cpu", seed: int = 0, run_dir: str = "", device: str = 
     if expect_version is not None and expect_version != __version__:
         raise RuntimeError(f"this notebook expects simo_lite {expect_version}, found {__version__}: "
                            f"reinstall with `pip install -e .` from the repository")
-    prof = P.get(profile, dataset=dataset, data_dir=str(data_dir), backbone=backbone, weights=str(weights),
-                 **overrides)
-    P.validate(prof)
+    prof = P.validate(P.get(profile, dataset=dataset, data_dir=str(data_dir), backbone=backbone,
+                            weights=str(weights), **overrides))
+    prof = real_data_profile(prof, overrides)
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     dev = P.resolve_device(device)
@@ -101,6 +101,22 @@ def setup(profile: str = "cpu", seed: int = 0, run_dir: str = "", device: str = 
           + ("" if prof.dataset == "scenes" else f" | dataset {prof.dataset} ({prof.data_dir})")
           + (f" | backbone {prof.backbone} ({prof.weights})" if prof.backbone else ""))
     return ctx
+
+
+def real_data_profile(prof: P.Profile, overrides: dict | None = None) -> P.Profile:
+    """Fill a profile's fields from a timm backbone (patch, width, depth, heads) and a real dataset
+    (split sizes from the files; augmentation on unless ``overrides`` says otherwise)."""
+    overrides = overrides or {}
+    fields = {}
+    if prof.backbone:
+        from .backbones import backbone_dims
+        fields.update({k: v for k, v in backbone_dims(prof.backbone).items() if k not in overrides})
+    if prof.dataset != "scenes":
+        from .datasets import split_sizes
+        sizes = split_sizes(prof.dataset, prof.data_dir)
+        fields.update(n_train=sizes["train"], n_val=sizes["val"], n_test=sizes["test"])
+        fields.setdefault("augment", overrides.get("augment", True))
+    return P.get(prof, **fields) if fields else prof
 
 
 # ----------------------------------------------------------------------------------------------

@@ -40,6 +40,12 @@ class Experiment:
                  progress: bool = False, ties_k: float = 0.2, adapter_rank: int = 16, realign_samples: int | None = None):
         self.profile, self.seed, self.device, self.progress = profile, seed, torch.device(device), progress
         self.tasks = get_tasks(tasks)
+        if profile.dataset != "scenes":
+            from .datasets import DATASET_TASKS
+            missing = [t for t in self.tasks if t not in DATASET_TASKS[profile.dataset]]
+            if missing:
+                raise ValueError(f"dataset {profile.dataset!r} has no labels for {missing}; its tasks: "
+                                 f"{', '.join(DATASET_TASKS[profile.dataset])}")
         self.run_dir = Path(run_dir)
         self.ties_k, self.adapter_rank = ties_k, adapter_rank
         self.data = load_data(profile, seed, progress=progress)

@@ -105,7 +105,8 @@ def pretrain(profile: P.Profile, seed: int = 0, device="cpu", progress: bool | N
 
 def random_encoder_state(profile: P.Profile, seed: int = 0) -> dict:
     """The same architecture at its random initialisation (the probe baseline)."""
-    return make_encoder(**profile.encoder_config(), seed=seed).state_dict()
+    from .training import make_profile_encoder
+    return make_profile_encoder(profile, seed=seed).state_dict()
 
 
 def _sha256(path) -> str:
@@ -124,6 +125,12 @@ def load_foundation(profile: P.Profile, run_dir=None, seed: int = 0, device="cpu
     match), then ``<run_dir>/foundation-<hash>.safetensors``; otherwise pretrains and saves it in
     ``run_dir`` (the ``gpu`` and ``smoke`` profiles pretrain their own).
     """
+    if profile.backbone:                         # a pretrained timm ViT from a local file (docs/real-data.md)
+        from .backbones import load_backbone
+        h = ckpt.config_hash({"backbone": profile.backbone, "weights_sha256": _sha256(profile.weights),
+                              "input_hw": list(profile.input_hw)})
+        encoder = load_backbone(profile.backbone, profile.weights, img_size=profile.input_hw)
+        return {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}, h
     cfg = foundation_config(profile, seed)
     h = ckpt.config_hash(cfg)
     shipped = SHIPPED_DIR / f"foundation-{profile.name}.safetensors"

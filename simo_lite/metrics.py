@@ -17,16 +17,29 @@ __all__ = ["MeanIoU", "MeanAbsError", "MeanAngleError", "BinaryF1", "normalized_
 
 
 class MeanIoU:
-    """Mean intersection-over-union over ``num_classes`` from an accumulated confusion matrix."""
+    """Mean intersection-over-union from an accumulated confusion matrix; target pixels equal to
+    ``ignore_index`` are skipped. ``num_classes=None`` sizes the matrix from the ids seen (a class
+    absent from both predictions and targets is skipped either way, so the mean is the same)."""
 
-    def __init__(self, num_classes: int, ignore_index: int = -1):
-        self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # rows: target
+    def __init__(self, num_classes: int | None = None, ignore_index: int = -1):
+        self.num_classes, self.ignore_index = num_classes or 0, ignore_index
+        self.fixed = num_classes is not None
+        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)  # rows: target
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """pred, target: (B, H, W) int class ids."""
         keep = target != self.ignore_index
-        idx = target[keep].cpu() * self.num_classes + pred[keep].cpu()
+        t, p = target[keep].cpu().long(), pred[keep].cpu().long()
+        if t.numel() == 0:
+            return
+        k = int(max(t.max(), p.max())) + 1
+        if k > self.num_classes:
+            if self.fixed:
+                raise ValueError(f"class id {k - 1} out of range for {self.num_classes} classes")
+            grown = torch.zeros(k, k, dtype=torch.int64)
+            grown[:self.num_classes, :self.num_classes] = self.confusion
+            self.confusion, self.num_classes = grown, k
+        idx = t * self.num_classes + p
         self.confusion += torch.bincount(idx, minlength=self.num_classes ** 2).reshape(self.num_classes, -1)
 
     def per_class(self) -> torch.Tensor:

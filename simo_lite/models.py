@@ -23,7 +23,7 @@ __all__ = ["make_encoder", "encoder_features", "LinearHead", "ConvHead", "make_h
            "count_parameters", "HEADS"]
 
 
-def make_encoder(img_size: int = 64, patch_size: int = 8, embed_dim: int = 128, depth: int = 8,
+def make_encoder(img_size: int | tuple[int, int] = 64, patch_size: int = 8, embed_dim: int = 128, depth: int = 8,
                  num_heads: int = 4, seed: int | None = None) -> VisionTransformer:
     """A timm ``VisionTransformer`` with a CLS token and no classifier (``num_classes=0``).
 
@@ -31,7 +31,7 @@ def make_encoder(img_size: int = 64, patch_size: int = 8, embed_dim: int = 128, 
     """
     if embed_dim % num_heads:
         raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
-    if img_size % patch_size:
+    if any(s % patch_size for s in ((img_size,) if isinstance(img_size, int) else img_size)):
         raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
     with torch.random.fork_rng(enabled=seed is not None):
         if seed is not None:
@@ -52,6 +52,10 @@ def encoder_features(encoder: VisionTransformer, images: torch.Tensor, taps) -> 
     return torch.stack(feats, 1)                                          # (B, L, 2C, h, w)
 
 
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 class LinearHead(nn.Module):
     """The paper's linear head (DINOv2 ``BNHead``): BN -> 1x1 conv -> bilinear upsample.
 
@@ -59,16 +63,16 @@ class LinearHead(nn.Module):
     -> bilinear (B, out, H, W).
     """
 
-    def __init__(self, in_channels: int, num_taps: int, out_channels: int, out_size: int):
+    def __init__(self, in_channels: int, num_taps: int, out_channels: int, out_size: int | tuple[int, int]):
         super().__init__()
-        self.out_size = out_size
+        self.out_size = _hw(out_size)
         self.norm = nn.BatchNorm2d(in_channels * num_taps)
         self.proj = nn.Conv2d(in_channels * num_taps, out_channels, 1)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         x = feats.flatten(1, 2)                                           # (B, L*2C, h, w)
         x = self.proj(self.norm(x))                                       # (B, out, h, w)
-        return F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False)
+        return F.interpolate(x, size=self.out_size, mode="bilinear", align_corners=False)
 
 
 class ConvHead(nn.Module):
@@ -78,9 +82,10 @@ class ConvHead(nn.Module):
     until the image size -> 1x1 conv (B, out, H, W).
     """
 
-    def __init__(self, in_channels: int, num_taps: int, out_channels: int, out_size: int, width: int = 64):
+    def __init__(self, in_channels: int, num_taps: int, out_channels: int, out_size: int | tuple[int, int],
+                 width: int = 64):
         super().__init__()
-        self.out_size = out_size
+        self.out_size = _hw(out_size)
         self.project = nn.ModuleList(nn.Conv2d(in_channels, width, 1) for _ in range(num_taps))
         self.refine = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
         self.up = nn.Sequential(nn.Conv2d(width, width // 2, 3, padding=1), nn.BatchNorm2d(width // 2), nn.ReLU())
@@ -91,18 +96,21 @@ class ConvHead(nn.Module):
         x = self.refine(x)
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)  # (B, width, 2h, 2w)
         x = self.up(x)                                                    # (B, width/2, 2h, 2w)
-        x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=self.out_size, mode="bilinear", align_corners=False)
         return self.out(x)                                                # (B, out, H, W)
 
 
 HEADS = {"linear": LinearHead, "conv": ConvHead}
 
 
-def make_head(kind: str, task: str, embed_dim: int, num_taps: int, out_size: int) -> nn.Module:
-    """Head ``kind`` ('linear' or 'conv') for ``task``, reading features of width 2 * embed_dim."""
+def make_head(kind: str, task: str, embed_dim: int, num_taps: int, out_size: int | tuple[int, int],
+              channels: int | None = None) -> nn.Module:
+    """Head ``kind`` ('linear' or 'conv') for ``task``, reading features of width 2 * embed_dim.
+
+    ``channels`` overrides the task's output channels (segmentation: the dataset's class count)."""
     if kind not in HEADS:
         raise ValueError(f"unknown head {kind!r}; valid: {sorted(HEADS)}")
-    head = HEADS[kind](2 * embed_dim, num_taps, get_task(task).channels, out_size)
+    head = HEADS[kind](2 * embed_dim, num_taps, channels or get_task(task).channels, out_size)
     last = head.proj if kind == "linear" else head.out
     nn.init.constant_(last.bias, get_task(task).output_bias)
     return head

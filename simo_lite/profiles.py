@@ -16,6 +16,8 @@ import torch
 __all__ = ["Profile", "PROFILES", "DATASETS", "get", "validate", "resolve_device"]
 
 DATASETS = ("scenes", "nyuv2", "cityscapes")
+# native (height, width) of the preprocessed real datasets (MTAN / Auto-Lambda layout)
+NATIVE_HW = {"nyuv2": (288, 384), "cityscapes": (128, 256)}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class Profile:
     data_dir: str = ""         # folder of a real dataset (ignored for scenes)
     backbone: str = ""         # a timm model name; empty: the course's own ViT (encoder fields above)
     weights: str = ""          # local weights file of ``backbone`` (safetensors or .pth); never downloaded
+    cityscapes_classes: int = 7  # Cityscapes segmentation: the 7 categories or the 19 classes
+    augment: bool = False      # random scale-crop and flip of training batches (real datasets)
 
     @property
     def taps(self) -> tuple[int, ...]:
@@ -59,9 +63,30 @@ class Profile:
         n = min(4, self.depth)
         return tuple(round((i + 1) * self.depth / n) - 1 for i in range(n))
 
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """Working (height, width) of images, labels and head outputs, in pixels.
+
+        Scenes are square (``image_size``). A real dataset keeps its aspect ratio: ``image_size`` is
+        the height before both sides are rounded down to multiples of the patch size (NYUv2 at 288
+        with patch 14 gives 280 x 378, the paper's crop)."""
+        if self.dataset not in NATIVE_HW:
+            return self.image_size, self.image_size
+        h0, w0 = NATIVE_HW[self.dataset]
+        scale = self.image_size / h0
+        return (max(self.patch_size, int(h0 * scale) // self.patch_size * self.patch_size),
+                max(self.patch_size, int(w0 * scale) // self.patch_size * self.patch_size))
+
+    @property
+    def seg_classes(self) -> int:
+        """Segmentation classes of the dataset (Scenes 6, NYUv2 13, Cityscapes 7 or 19)."""
+        return {"scenes": 6, "nyuv2": 13, "cityscapes": self.cityscapes_classes}[self.dataset]
+
     def encoder_config(self) -> dict:
-        return dict(img_size=self.image_size, patch_size=self.patch_size, embed_dim=self.embed_dim,
-                    depth=self.depth, num_heads=self.num_heads)
+        """Arguments of ``models.make_encoder`` for the course's own ViT (``backbone`` empty)."""
+        hw = self.input_hw
+        return dict(img_size=hw[0] if hw[0] == hw[1] else hw, patch_size=self.patch_size,
+                    embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,12 +135,18 @@ def validate(profile: Profile) -> Profile:
         if not Path(profile.data_dir).is_dir():
             raise FileNotFoundError(f"data_dir {profile.data_dir!r} is not a folder (dataset {profile.dataset!r}); "
                                     f"see docs/real-data.md for the expected layout")
+    if profile.dataset != "scenes" and not profile.backbone:
+        raise ValueError(f"dataset {profile.dataset!r} needs a pretrained backbone (backbone=<timm name>, "
+                         f"weights=<local file>): the shipped foundation encoder only knows Scenes; "
+                         f"see docs/real-data.md")
     if profile.weights and not profile.backbone:
         raise ValueError("weights given without backbone: name the timm model the file belongs to, "
                          "e.g. backbone='vit_small_patch14_dinov2.lvd142m'")
     if profile.backbone and not profile.weights:
         raise ValueError(f"backbone {profile.backbone!r} needs weights: a local file (nothing is downloaded); "
                          f"see docs/real-data.md")
+    if profile.cityscapes_classes not in (7, 19):
+        raise ValueError(f"cityscapes_classes must be 7 or 19, got {profile.cityscapes_classes}")
     if profile.weights and not Path(profile.weights).is_file():
         raise FileNotFoundError(f"weights file {profile.weights!r} not found (backbone {profile.backbone!r})")
     return profile

@@ -3,12 +3,15 @@
 =========  ========  =====================================  =========================  =========
 task       channels  loss                                   metric                     better
 =========  ========  =====================================  =========================  =========
-seg        6         cross-entropy                          mIoU (fraction)            higher
+seg        6 (*)     cross-entropy                          mIoU (fraction)            higher
 depth      1         L1 (metres)                            mean absolute error (m)    lower
 normals    3         1 - cos(normalised pred, target)       mean angular error (deg)   lower
 edges      1         BCE on logits, positive weight 4       F1 of edge pixels at 0.5   higher
 albedo     3         L1 (reflectance)                       mean absolute error        lower
 =========  ========  =====================================  =========================  =========
+
+(*) Scenes; NYUv2 13, Cityscapes 7 or 19 (``Profile.seg_classes``). On real datasets, seg pixels
+labelled -1, depth 0 and all-zero normals are ignored by losses and metrics.
 
 Task sets: ``nyu3 = (seg, depth, normals)`` (the paper's NYUv2 triple) and
 ``diverse5 = (seg, depth, normals, edges, albedo)`` (heterogeneous, like the paper's Taskonomy set).
@@ -61,12 +64,32 @@ class Task:
 
 
 def _normals_loss(out, target):
+    """1 - cos on pixels with a defined normal (real datasets mark missing normals with zeros)."""
     cos = (F.normalize(out, dim=1) * target).sum(1)            # (B, H, W)
-    return (1 - cos).mean()
+    valid = target.abs().sum(1) > 0                            # (B, H, W); all True on Scenes
+    return (1 - cos)[valid].mean() if valid.any() else out.sum() * 0
+
+
+def _depth_loss(out, target):
+    """L1 on pixels with a measured depth (> 0; Scenes depth is always defined)."""
+    valid = target > 0
+    return F.l1_loss(out[valid], target[valid]) if valid.any() else out.sum() * 0
 
 
 _SEG_COLORS = torch.tensor([[0.55, 0.45, 0.30], [0.70, 0.75, 0.80], [0.95, 0.90, 0.70],
                             [0.85, 0.20, 0.20], [0.20, 0.55, 0.85], [0.25, 0.75, 0.30]])
+
+
+def _show_seg(s):
+    """Class ids (H, W) -> RGB; Scenes' 6 classes in fixed colours, more classes from tab20, ignore (-1) black."""
+    s = s.long()
+    colors = _SEG_COLORS
+    if int(s.max()) >= len(colors):
+        import matplotlib
+        colors = torch.cat([colors, torch.tensor(matplotlib.colormaps["tab20"].colors, dtype=torch.float32)])
+    rgb = colors[s.clamp(0, len(colors) - 1)]
+    rgb[s < 0] = 0
+    return rgb.numpy()
 
 
 def _show_depth(d):
@@ -78,11 +101,11 @@ def _show_depth(d):
 
 TASKS: dict[str, Task] = {
     "seg": Task("seg", NUM_CLASSES, True, "mIoU",
-                lambda o, t: F.cross_entropy(o, t), lambda o: o.argmax(1),
-                lambda: M.MeanIoU(NUM_CLASSES), lambda s: _SEG_COLORS[s.long()].numpy()),
+                lambda o, t: F.cross_entropy(o, t, ignore_index=-1), lambda o: o.argmax(1),
+                lambda: M.MeanIoU(), _show_seg),
     "depth": Task("depth", 1, False, "MAE (m)",
-                  lambda o, t: F.l1_loss(o, t), lambda o: o.clamp(min=1e-3),
-                  lambda: M.MeanAbsError(), _show_depth, output_bias=4.0),
+                  _depth_loss, lambda o: o.clamp(min=1e-3),
+                  lambda: M.MeanAbsError(mask_zero=True), _show_depth, output_bias=4.0),
     "normals": Task("normals", 3, False, "mean angle (deg)",
                     _normals_loss, lambda o: F.normalize(o, dim=1),
                     lambda: M.MeanAngleError(), lambda n: (n.permute(1, 2, 0) * 0.5 + 0.5).clamp(0, 1).numpy()),

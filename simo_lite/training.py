@@ -61,7 +61,14 @@ class RunRecord:
 
 
 def load_data(profile: Profile, seed: int = 0, splits=("train", "val", "test"), progress: bool = False) -> dict:
-    """The Scenes splits of a profile: {split: {key: tensor}} (rendered once, then cached)."""
+    """The splits of a profile: {split: {key: tensor}}.
+
+    Scenes are rendered once, then cached; a real dataset (``profile.dataset``) is read from
+    ``profile.data_dir`` at the working size ``profile.input_hw`` (``simo_lite.datasets``)."""
+    if profile.dataset != "scenes":
+        from .datasets import load_real
+        return {s: load_real(profile.dataset, profile.data_dir, s, size=profile.input_hw, progress=progress,
+                             classes=profile.seg_classes) for s in splits}
     sizes = {"train": profile.n_train, "val": profile.n_val, "test": profile.n_test}
     return {s: load_split(s, sizes[s], size=profile.image_size, seed=seed, progress=progress,
                           max_objects=profile.max_objects) for s in splits}
@@ -88,8 +95,8 @@ def cache_features(model: SimoModel, images: torch.Tensor, batch_size: int = 128
 
 def features_fit_in_memory(profile: Profile, n: int) -> bool:
     """Whether the features of ``n`` images, (n, L, 2C, h, w) float32, fit in ``FEATURE_CACHE_BYTES``."""
-    h = profile.image_size // profile.patch_size
-    return n * len(profile.taps) * 2 * profile.embed_dim * h * h * 4 <= FEATURE_CACHE_BYTES
+    h, w = (s // profile.patch_size for s in profile.input_hw)
+    return n * len(profile.taps) * 2 * profile.embed_dim * h * w * 4 <= FEATURE_CACHE_BYTES
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -137,7 +144,7 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
         weight_decay: float = 1e-4, grad_clip: float = 25.0, pct_start: float = 0.1,
         device: torch.device | str = "cpu", progress: bool = False, desc: str = "training",
         name: str = "fit", state_path=None, state_every: int = 50, loss_fn=None,
-        callback=None, features: torch.Tensor | None = None) -> RunRecord:
+        callback=None, features: torch.Tensor | None = None, augment=None) -> RunRecord:
     """Train the parameters of ``model`` that have ``requires_grad`` for ``steps`` steps.
 
     Args:
@@ -149,6 +156,9 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
         callback: optional ``callback(step, loss)`` after each step (tests use it to interrupt).
         features: optional cached head-input features (N, L, 2C, h, w) of ``data["image"]``
             (:func:`cache_features`); only with a frozen encoder, which is then skipped.
+        augment: optional ``augment(batch, generator) -> batch`` applied to every training batch
+            (``simo_lite.datasets.augment``); its generator is seeded by (seed, step), so resumed
+            runs see the same augmented batches. Not combinable with ``features``.
 
     Returns a :class:`RunRecord` with steps, samples, trainable parameters, wall-clock and the
     loss history (``metrics["loss"]``, one value per step).
@@ -164,6 +174,8 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
     if features is not None:
         if not encoder_frozen:
             raise ValueError("fit: cached features need a frozen encoder (Stage.set(model, 'heads'))")
+        if augment is not None:
+            raise ValueError("fit: cached features cannot be augmented; pass one of features / augment")
         if len(features) != len(data["image"]):
             raise ValueError(f"fit: {len(features)} cached features for {len(data['image'])} images")
     cfg_hash = ckpt.config_hash({"name": name, "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
@@ -188,6 +200,8 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
         idx = batch_indices(n, batch_size, seed, step)
         batch = {k: v[idx].to(device, non_blocking=True) for k, v in data.items()
                  if k in tasks or (k == "image" and features is None)}
+        if augment is not None:
+            batch = augment(batch, torch.Generator().manual_seed(seed * 1_000_003 + step))
         if loss_fn is not None:
             loss = loss_fn(model, batch)
         else:
@@ -242,16 +256,25 @@ def evaluate(model: SimoModel, data: dict, tasks=None, batch_size: int = 128, de
     return {t: acc[t].compute() for t in tasks}
 
 
+def make_profile_encoder(profile: Profile, seed: int | None = None):
+    """The (untrained) encoder of a profile: the course's ViT, or ``profile.backbone`` from timm."""
+    if profile.backbone:
+        from .backbones import make_backbone
+        return make_backbone(profile.backbone, img_size=profile.input_hw, seed=seed)
+    return make_encoder(**profile.encoder_config(), seed=seed)
+
+
 def build_model(encoder_state: dict, profile: Profile, tasks, seed: int = 0,
                 head_states: dict | None = None) -> SimoModel:
     """A SimoModel with the given encoder weights and one head per task (fresh, seeded, or loaded)."""
-    encoder = make_encoder(**profile.encoder_config())
+    encoder = make_profile_encoder(profile)
     encoder.load_state_dict(encoder_state)
     heads = {}
     for i, t in enumerate(get_tasks(tasks)):
         with torch.random.fork_rng():
             torch.manual_seed(seed * 1000 + i)
-            heads[t] = make_head(profile.head, t, profile.embed_dim, len(profile.taps), profile.image_size)
+            heads[t] = make_head(profile.head, t, profile.embed_dim, len(profile.taps), profile.input_hw,
+                                 channels=profile.seg_classes if t == "seg" else None)
         if head_states is not None and t in head_states:
             heads[t].load_state_dict(head_states[t])
     return SimoModel(encoder, heads, profile.taps)
@@ -323,15 +346,20 @@ def _two_stage(name: str, tasks, foundation_state: dict, foundation_hash: str, p
     probe_dir = folder / "probe"
     model = build_model(foundation_state, profile, tasks, seed=seed)
     probe = _load_model(probe_dir, h, profile, tasks)
+    augment = None
+    if profile.augment:
+        from .datasets import augment
     common = dict(batch_size=profile.batch_size, seed=seed, weight_decay=profile.weight_decay,
-                  grad_clip=profile.grad_clip, device=device, progress=progress)
+                  grad_clip=profile.grad_clip, device=device, progress=progress, augment=augment)
     if probe is None:
         Stage.set(model, "heads")
         n = len(data["train"]["image"])
+        cache = features_fit_in_memory(profile, n) and augment is None    # augmented images: encode each batch
         feats = (cache_features(model, data["train"]["image"], device=device, progress=progress,
-                                desc=f"{name}: encoding") if features_fit_in_memory(profile, n) else None)
+                                desc=f"{name}: encoding") if cache else None)
         r = fit(model, data["train"], tasks, probe_steps, profile.lr_head, pct_start=0.1, desc=f"{name}: probe",
-                name=f"{name}/probe", state_path=folder / "probe-state.safetensors", features=feats, **common)
+                name=f"{name}/probe", state_path=folder / "probe-state.safetensors", features=feats,
+                **{**common, "augment": None if cache else augment})
         del feats
         r.metrics["test"] = evaluate(model, data["test"], tasks, device=device)  # keeps the loss history
         _save_model(probe_dir, model, h, r, config)
