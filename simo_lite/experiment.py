@@ -113,29 +113,37 @@ class Experiment:
         kw.setdefault("ties_k", self.ties_k)
         return merging.merge(method, self.foundation, self.task_vectors(tasks), alpha=alpha, seed=self.seed, **kw)
 
-    def select_alpha(self, method: str = "ta", grid=merging.ALPHA_GRID, tasks=None, **kw) -> tuple[float, dict]:
-        """Best alpha on the validation split (ratio Δm against the experts' validation metrics)."""
+    def alpha_sweep(self, method: str = "ta", grid=merging.ALPHA_GRID, tasks=None, **kw) -> dict[float, dict]:
+        """Validation metrics of the merged model at every alpha: {alpha: {task: metric}}.
+
+        One merge and one evaluation on the validation split per grid point; cached in memory and
+        in ``run_dir/alphas`` (a later notebook reuses an earlier notebook's sweep)."""
         tasks = get_tasks(tasks) if tasks is not None else self.tasks
-        tvs = self.task_vectors(tasks)
         kw.setdefault("ties_k", self.ties_k)
-        key = json.dumps([method, tasks, list(grid), kw], sort_keys=True)
+        key = json.dumps([method, tasks, [float(a) for a in grid], kw], sort_keys=True)
         if key in self._alphas:
             return self._alphas[key]
-        path = self._cache_path("alpha", {"key": key, "val": len(self.data["val"]["image"])})
-        if path.exists():                                       # a sweep done by an earlier notebook
+        path = self._cache_path("alpha", {"key": key, "val": len(self.data["val"]["image"]), "version": 2})
+        if path.exists():
             cached = json.loads(path.read_text())
-            self._alphas[key] = (cached["alpha"], {float(a): v for a, v in cached["scores"].items()})
+            self._alphas[key] = {float(a): m for a, m in cached["val_metrics"].items()}
             return self._alphas[key]
-
-        def score(alpha: float) -> float:
+        tvs = self.task_vectors(tasks)
+        sweep = {}
+        for alpha in grid:
             model = self.with_heads(merging.merge(method, self.foundation, tvs, alpha=alpha, seed=self.seed, **kw),
                                     tasks)
-            return self.score(self.evaluate(model, "val", tasks), split="val")
+            sweep[float(alpha)] = self.evaluate(model, "val", tasks)
+        self._alphas[key] = sweep
+        _write_json(path, {"method": method, "tasks": list(tasks), "kw": kw, "val_metrics": sweep})
+        return sweep
 
-        self._alphas[key] = merging.select_alpha(score, grid)
-        _write_json(path, {"method": method, "tasks": list(tasks), "kw": kw, "alpha": self._alphas[key][0],
-                           "scores": self._alphas[key][1]})
-        return self._alphas[key]
+    def select_alpha(self, method: str = "ta", grid=merging.ALPHA_GRID, tasks=None, **kw) -> tuple[float, dict]:
+        """Best alpha on the validation split (ratio Δm against the experts' validation metrics).
+
+        Returns (alpha, {alpha: validation Δm}); the sweep is :meth:`alpha_sweep` (cached)."""
+        sweep = self.alpha_sweep(method, grid, tasks, **kw)
+        return merging.select_alpha(lambda a: self.score(sweep[float(a)], split="val"), grid)
 
     def merged_model(self, method: str) -> tuple[SimoModel, float, dict]:
         """The merged encoder at its validation-selected alpha, with the experts' heads."""

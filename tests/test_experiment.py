@@ -25,7 +25,12 @@ def test_select_alpha_is_cached_on_disk(exp, run_dir, monkeypatch):
     assert alpha in grid and set(scores) == set(grid)
     assert alpha == max(scores, key=scores.get)
     files = list((run_dir / "alphas").glob("seg+depth-*.json"))
-    assert len(files) == 1 and json.loads(files[0].read_text())["alpha"] == alpha
+    stored = json.loads(files[0].read_text())["val_metrics"]
+    assert len(files) == 1 and {float(a) for a in stored} == set(grid)
+    # the stored per-task metrics are what the scores were computed from
+    for a in grid:
+        assert scores[a] == pytest.approx(exp.score(stored[str(a)], split="val"))
+    assert exp.alpha_sweep("ta", grid=grid)[alpha] == stored[str(alpha)]
 
     # a second Experiment (the next notebook) must not merge or evaluate again
     again = Experiment(profiles.get("smoke"), "seg,depth", seed=0, run_dir=run_dir)
