@@ -192,10 +192,15 @@ class Experiment:
     def merge_combinations(self, method: str = "ta", alpha: float | None = None, split: str = "test") -> dict:
         """Paper Fig. 1: normalised performance of every subset of tasks merged with ``method``.
 
-        ``alpha`` None: chosen on validation for each subset (the paper's protocol)."""
+        ``alpha`` None: chosen on validation for each subset (the paper's protocol); a single task
+        is then its expert (theta_0 + 1 * tau_t = theta_t, 100% by definition), not swept. The full
+        set reuses the sweep of :meth:`select_alpha` when an earlier call made it."""
         from .diagnostics import merge_combinations
 
         def score(subset):
+            if alpha is None and len(subset) == 1:               # the expert itself
+                t = subset[0]
+                return self.normalized({t: self.expert_metrics(split)[t]}, split)
             a = alpha if alpha is not None else self.select_alpha(method, tasks=subset)[0]
             model = self.with_heads(self.merge(method, a, tasks=subset), subset)
             return self.normalized(self.evaluate(model, split, subset), split)

@@ -54,3 +54,16 @@ def test_row_is_cached_and_consistent(exp, run_dir):
     assert again.row("ta") == json.loads(json.dumps(row, default=float))
     with pytest.raises(ValueError, match="unknown row"):
         exp.row("nope")
+
+
+def test_merge_combinations_single_tasks_are_experts(exp):
+    combos = exp.merge_combinations("ta")
+    assert sorted(combos) == [1, 2]
+    assert [c["tasks"] for c in combos[1]] == [["seg"], ["depth"]]
+    for c in combos[1]:
+        assert c["mean"] == pytest.approx(1.0)
+    (pair,) = combos[2]
+    assert set(pair["per_task"]) == {"seg", "depth"}
+    assert pair["mean"] == pytest.approx(sum(pair["per_task"].values()) / 2)
+    # the pair uses the alpha chosen on validation for the pair, i.e. the "ta" row's merge
+    assert pair["per_task"] == pytest.approx(exp.normalized(exp.row("ta")["metrics"]))
