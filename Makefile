@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= cpu
 
-.PHONY: course test venv check-env bench-scenes foundation clean-runs
+.PHONY: course test venv check-env bench-scenes foundation clean-runs student
 
 $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -23,6 +23,9 @@ course: venv
 test: venv
 	$(PY) -m pytest -q
 
+student: venv
+	$(PY) -m simo_lite.student
+
 check-env: venv
 	$(PY) -m simo_lite.check_env
 
@@ -34,3 +37,20 @@ foundation: venv
 
 clean-runs:
 	rm -rf runs
+
+# -- benchmarks and the generated results document (files under benchmarks/) --
+.PHONY: bench results-doc test-gpu gpu-wheels
+BENCH_ARGS ?=
+RESULTS_RUN_DIR ?= runs/cpu-0
+
+bench: venv     # every measured figure: Markdown tables on stdout, all in runs/bench/bench.json
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+results-doc: venv   # docs/results.md, generated from the run's results JSON, bench.json and the paper's tables
+	$(PY) benchmarks/render_results.py --run-dir $(RESULTS_RUN_DIR) --bench runs/bench/bench.json --out docs/results.md
+
+test-gpu:       # notebook tests in the gpu profile on CUDA; prints a skip message and exits 0 without CUDA
+	bash benchmarks/test_gpu.sh
+
+gpu-wheels:     # wheels/ for the GPU machine (papermill, nbval, ipykernel, ...), downloaded with pip
+	bash benchmarks/gpu_wheels.sh

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 __all__ = ["QUESTIONS", "answer", "question", "CHECKS",
-           "check_class_frequencies", "check_normals_from_depth",
+           "check_pixel_shares", "check_normals_from_depth",
            "check_vit_param_count", "check_oriented_ratio",
            "check_task_vector", "check_tv_norm",
            "check_task_arithmetic", "check_ties_elect_sign", "check_choose_alpha",
@@ -108,14 +108,14 @@ def _tensor(got, expected: torch.Tensor, what: str, case: str, atol: float = 1e-
     ``check_dtype``: "exact" (same dtype), "kind" (bool / integer / floating must match), or "none".
     """
     if not isinstance(got, torch.Tensor):
-        raise _Wrong(f"{what} should be a torch.Tensor, got {type(got).__name__} ({case})")
+        raise _Wrong(f"{what}: expected a torch.Tensor, got {type(got).__name__} ({case})")
     if tuple(got.shape) != tuple(expected.shape):
-        raise _Wrong(f"{what} has the wrong shape: got {tuple(got.shape)}, expected {tuple(expected.shape)} ({case})")
+        raise _Wrong(f"{what}: wrong shape: got {tuple(got.shape)}, expected {tuple(expected.shape)} ({case})")
     kind = lambda t: "bool" if t.dtype == torch.bool else "floating" if t.is_floating_point() else "integer"  # noqa: E731
     if check_dtype == "exact" and got.dtype != expected.dtype:
-        raise _Wrong(f"{what} has the wrong dtype: got {got.dtype}, expected {expected.dtype} ({case})")
+        raise _Wrong(f"{what}: wrong dtype: got {got.dtype}, expected {expected.dtype} ({case})")
     if check_dtype == "kind" and kind(got) != kind(expected):
-        raise _Wrong(f"{what} has the wrong dtype: got {got.dtype} ({kind(got)}), expected a {kind(expected)} "
+        raise _Wrong(f"{what}: wrong dtype: got {got.dtype} ({kind(got)}), expected a {kind(expected)} "
                      f"tensor such as {expected.dtype} ({case})")
     g, e = got.detach().cpu(), expected.detach().cpu()
     if e.dtype == torch.bool or not e.is_floating_point():
@@ -136,12 +136,12 @@ def _number(got, expected: float, what: str, case: str, atol: float = 1e-6, rtol
         got = got.item()
     if integer:
         if isinstance(got, bool) or not isinstance(got, int):
-            raise _Wrong(f"{what} should be a Python int, got {type(got).__name__} {got!r} ({case})")
+            raise _Wrong(f"{what}: expected a Python int, got {type(got).__name__} {got!r} ({case})")
         if got != expected:
             raise _Wrong(f"{what}: got {got:,}, expected {expected:,} (off by {got - expected:+,}; {case})")
         return
     if isinstance(got, bool) or not isinstance(got, (int, float)):
-        raise _Wrong(f"{what} should be a number, got {type(got).__name__} {got!r} ({case})")
+        raise _Wrong(f"{what}: expected a number, got {type(got).__name__} {got!r} ({case})")
     if math.isnan(expected):
         if not math.isnan(got):
             raise _Wrong(f"{what}: got {_fmt(float(got))}, expected nan ({case})")
@@ -153,7 +153,7 @@ def _number(got, expected: float, what: str, case: str, atol: float = 1e-6, rtol
 def _state_dict(got, expected: dict, what: str, case: str, **kw) -> None:
     """Compare {name: tensor} dicts: missing / extra keys first, then each tensor."""
     if not isinstance(got, dict):
-        raise _Wrong(f"{what} should be a dict {{tensor name: tensor}}, got {type(got).__name__} ({case})")
+        raise _Wrong(f"{what}: expected a dict {{tensor name: tensor}}, got {type(got).__name__} ({case})")
     missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     if missing:
         raise _Wrong(f"{what} lacks the key(s) {missing} ({case})")
@@ -185,7 +185,7 @@ def _toy_tvs(seed: int, n_tasks: int = 3) -> dict[str, dict[str, torch.Tensor]]:
 # ----------------------------------------------------------------------------------------------
 # 00 Scenes
 # ----------------------------------------------------------------------------------------------
-def check_class_frequencies(fn: Callable, strict: bool = False) -> bool:
+def check_pixel_shares(fn: Callable, strict: bool = False) -> bool:
     """``fn(seg, num_classes) -> (num_classes,) float64``: the share of pixels of each class id.
 
     ``seg`` is (N, H, W) int64; a class absent from ``seg`` gets 0; the shares sum to 1.
@@ -196,8 +196,8 @@ def check_class_frequencies(fn: Callable, strict: bool = False) -> bool:
                  ("a 1x8x8 map of 6 classes", torch.randint(0, 6, (1, 8, 8), generator=_gen(1)), 6)]
         for case, seg, n in cases:
             expected = torch.bincount(seg.flatten(), minlength=n).double() / seg.numel()
-            _tensor(_call(fn, case, seg.clone(), n), expected, "the frequencies", case, atol=1e-9, rtol=1e-7)
-    return _run("class frequencies", fn, body, strict)
+            _tensor(_call(fn, case, seg.clone(), n), expected, "the shares", case, atol=1e-9, rtol=1e-7)
+    return _run("pixel shares", fn, body, strict)
 
 
 def check_normals_from_depth(fn: Callable, strict: bool = False) -> bool:
@@ -338,10 +338,10 @@ def check_ties_elect_sign(fn: Callable, strict: bool = False) -> bool:
         mass = torch.tensor([[0.9, 0.1, 0.0, -0.2], [-0.1, 0.1, 0.0, 0.5], [-0.1, -0.4, 0.0, -0.3]])
         case = "3 vectors where the majority of signs and the total mass disagree"
         got = _call(fn, case, mass.clone())
-        _tensor(got, reference(mass), "the elected sign", case, check_dtype="none")
-        if isinstance(got, torch.Tensor) and got[0].item() < 0:
+        if isinstance(got, torch.Tensor) and got.shape == mass.shape[1:] and got[0].item() < 0:
             raise _Wrong("entry 0 has two negative votes but a larger positive mass (+0.9 vs -0.2): TIES elects "
                          "the sign of the sum, not the majority of signs")
+        _tensor(got, reference(mass), "the elected sign", case, check_dtype="none")
         stack = torch.randn(4, 3, 5, generator=_gen(10)) * (torch.rand(4, 3, 5, generator=_gen(11)) > 0.5)
         case = "4 random trimmed tensors of shape (3, 5)"
         _tensor(_call(fn, case, stack.clone()), reference(stack), "the elected sign", case, check_dtype="none")
