@@ -267,8 +267,16 @@ def make_profile_encoder(profile: Profile, seed: int | None = None):
 def build_model(encoder_state: dict, profile: Profile, tasks, seed: int = 0,
                 head_states: dict | None = None) -> SimoModel:
     """A SimoModel with the given encoder weights and one head per task (fresh, seeded, or loaded)."""
-    encoder = make_profile_encoder(profile)
-    encoder.load_state_dict(encoder_state)
+    if profile.backbone:   # skip a large random init: build on the meta device, then take copies of the weights
+        with torch.device("meta"):
+            encoder = make_profile_encoder(profile)
+        encoder.load_state_dict({k: v.detach().clone() for k, v in encoder_state.items()}, assign=True)
+        if any(t.is_meta for t in (*encoder.parameters(), *encoder.buffers())):   # a buffer outside the state
+            encoder = make_profile_encoder(profile)
+            encoder.load_state_dict(encoder_state)
+    else:
+        encoder = make_profile_encoder(profile)
+        encoder.load_state_dict(encoder_state)
     heads = {}
     for i, t in enumerate(get_tasks(tasks)):
         with torch.random.fork_rng():
@@ -347,8 +355,9 @@ def _two_stage(name: str, tasks, foundation_state: dict, foundation_hash: str, p
     model = build_model(foundation_state, profile, tasks, seed=seed)
     probe = _load_model(probe_dir, h, profile, tasks)
     augment = None
-    if profile.augment:
-        from .datasets import augment
+    if profile.augment:                          # real datasets: random scale-crop and flip
+        from .datasets import augmenter
+        augment = augmenter(profile.dataset)
     common = dict(batch_size=profile.batch_size, seed=seed, weight_decay=profile.weight_decay,
                   grad_clip=profile.grad_clip, device=device, progress=progress, augment=augment)
     if probe is None:
