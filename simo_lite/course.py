@@ -134,6 +134,22 @@ def notebooks(only=None) -> list[Path]:
     return books
 
 
+# notebooks that only apply to the offline course: {prefix: (parameter that rules them out, why)}
+SCENES_ONLY = {
+    "00": ("dataset", "it renders and checks the Scenes dataset (dataset is not 'scenes')"),
+    "01": ("backbone", "it is about the course's own foundation encoder (a pretrained backbone is set)"),
+}
+
+
+def _scenes_only(prefix: str, parameters: dict) -> bool:
+    """Whether notebook ``prefix`` does not apply to a run with these parameters (real data / backbone)."""
+    if prefix not in SCENES_ONLY:
+        return False
+    name = SCENES_ONLY[prefix][0]
+    value = parameters.get(name, "scenes" if name == "dataset" else "")
+    return value not in ("", "scenes")
+
+
 def _coerce(value: str):
     """Command-line parameter values: int, float, bool or string."""
     for cast in (int, float):
@@ -156,6 +172,10 @@ def run(profile: str = "cpu", seed: int = 0, only=None, params: dict | None = No
     timeout_s = timeout_s or NOTEBOOK_BUDGET_S.get(profile, 1800)
     runtimes = {}
     books = notebooks(only)
+    skipped = [b for b in books if _scenes_only(b.name[:2], parameters)]
+    for b in skipped:
+        print(f"skipping {b.name}: {SCENES_ONLY[b.name[:2]][1]}")
+    books = [b for b in books if b not in skipped]
     for i, nb in enumerate(books, 1):
         target = out / nb.name
         print(f"[{i}/{len(books)}] {nb.name} ({profile}) ...", end="", flush=True)

@@ -27,7 +27,7 @@ from .scenes import VERSION as SCENES_VERSION
 from .scenes import load_split
 from .tasks import get_task, get_tasks
 
-__all__ = ["RunRecord", "load_data", "cache_features", "features_fit_in_memory", "batch_indices", "fit", "evaluate", "build_model", "train_expert",
+__all__ = ["RunRecord", "load_data", "cache_features", "features_fit_in_memory", "probe_stage", "profile_augment", "batch_indices", "fit", "evaluate", "build_model", "train_expert",
            "train_mtl", "progress_enabled", "Stage", "one_cycle"]
 
 
@@ -336,6 +336,33 @@ def _load_model(folder: Path, cfg_hash: str, profile: Profile, tasks) -> tuple[S
     return build_model(enc, profile, tasks, head_states=heads).eval(), record  # same mode as a fresh run
 
 
+def profile_augment(profile: Profile):
+    """The training-batch augmentation of a profile (real datasets), or None."""
+    if not profile.augment:
+        return None
+    from .datasets import augmenter
+    return augmenter(profile.dataset)
+
+
+def probe_stage(model: SimoModel, train: dict, tasks, profile: Profile, steps: int, seed: int = 0, device="cpu",
+                progress: bool = False, desc: str = "probe", name: str = "probe", state_path=None) -> RunRecord:
+    """Stage 1 of LP -> FT: train the heads of ``model`` with its encoder frozen (in place).
+
+    The encoder runs once over ``train`` and the heads train on the cached features, unless the
+    features would not fit in memory or the profile augments its batches (then the frozen encoder
+    runs on every batch). The same batches and the same result either way, up to float rounding.
+    """
+    Stage.set(model, "heads")
+    augment = profile_augment(profile)
+    n = len(train["image"])
+    feats = None
+    if augment is None and features_fit_in_memory(profile, n):
+        feats = cache_features(model, train["image"], device=device, progress=progress, desc=f"{desc}: encoding")
+    return fit(model, train, tasks, steps, profile.lr_head, profile.batch_size, seed=seed,
+               weight_decay=profile.weight_decay, grad_clip=profile.grad_clip, pct_start=0.1, device=device,
+               progress=progress, desc=desc, name=name, state_path=state_path, features=feats, augment=augment)
+
+
 def _two_stage(name: str, tasks, foundation_state: dict, foundation_hash: str, profile: Profile, data: dict,
                run_dir, seed: int, device, progress: bool, probe_steps: int, finetune_steps: int,
                ) -> tuple[SimoModel, RunRecord]:
@@ -354,22 +381,13 @@ def _two_stage(name: str, tasks, foundation_state: dict, foundation_hash: str, p
     probe_dir = folder / "probe"
     model = build_model(foundation_state, profile, tasks, seed=seed)
     probe = _load_model(probe_dir, h, profile, tasks)
-    augment = None
-    if profile.augment:                          # real datasets: random scale-crop and flip
-        from .datasets import augmenter
-        augment = augmenter(profile.dataset)
+    augment = profile_augment(profile)
     common = dict(batch_size=profile.batch_size, seed=seed, weight_decay=profile.weight_decay,
                   grad_clip=profile.grad_clip, device=device, progress=progress, augment=augment)
     if probe is None:
-        Stage.set(model, "heads")
-        n = len(data["train"]["image"])
-        cache = features_fit_in_memory(profile, n) and augment is None    # augmented images: encode each batch
-        feats = (cache_features(model, data["train"]["image"], device=device, progress=progress,
-                                desc=f"{name}: encoding") if cache else None)
-        r = fit(model, data["train"], tasks, probe_steps, profile.lr_head, pct_start=0.1, desc=f"{name}: probe",
-                name=f"{name}/probe", state_path=folder / "probe-state.safetensors", features=feats,
-                **{**common, "augment": None if cache else augment})
-        del feats
+        r = probe_stage(model, data["train"], tasks, profile, probe_steps, seed=seed, device=device,
+                        progress=progress, desc=f"{name}: probe", name=f"{name}/probe",
+                        state_path=folder / "probe-state.safetensors")
         r.metrics["test"] = evaluate(model, data["test"], tasks, device=device)  # keeps the loss history
         _save_model(probe_dir, model, h, r, config)
     else:

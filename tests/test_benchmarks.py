@@ -1,0 +1,293 @@
+"""Tests of benchmarks/bench.py and benchmarks/render_results.py (fast: quick sizes, no course run).
+
+- the hand-built ViT shape table matches timm's VisionTransformer;
+- ``bench.py --quick`` writes a complete bench.json (schema, environment, every section) atomically, and
+  its merging figures are physically sane (a merge that returns an encoder allocates at least one);
+- course timings are read from runtimes.json with the right budget verdicts, and reused when complete;
+- the quoted paper tables are internally consistent (normalised = ratio of absolutes, Δ = mean − 1);
+- render_results renders from a synthetic set of results and from missing inputs, and its reading
+  follows the numbers (a claim flips when the numbers do).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench  # noqa: E402
+import render_results  # noqa: E402
+
+from simo_lite.metrics import delta_m, normalized_performance  # noqa: E402
+from simo_lite.tasks import lower_is_better  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic results (the JSON that Experiment.results_table writes)
+# ----------------------------------------------------------------------------------------------
+def _metrics_for(tasks, experts, ratio):
+    """Metrics whose normalised performance is ``ratio`` on every task (so Δm ratio = ratio - 1)."""
+    low = lower_is_better(tasks)
+    return {t: experts[t] / ratio if low[t] else experts[t] * ratio for t in tasks}
+
+
+def _table(tasks, deltas: dict, costs: dict | None = None) -> list[dict]:
+    experts = {t: v for t, v in {"seg": 0.5, "depth": 0.6, "normals": 20.0, "edges": 0.4, "albedo": 0.1}.items()
+               if t in tasks}
+    low = lower_is_better(tasks)
+    rows = []
+    for name, d in deltas.items():
+        m = _metrics_for(tasks, experts, 1 + d)
+        c = (costs or {}).get(name, {"steps": 0, "samples": 0, "trainable_params": 0, "wall_s": 0.0})
+        rows.append({"row": name, "tasks": list(tasks), "metrics": m,
+                     "normalized": normalized_performance(m, experts, low),
+                     "delta_m_ratio": delta_m(m, experts, low, "ratio"),
+                     "delta_m_relative": delta_m(m, experts, low, "relative"), "cost": c})
+    return rows
+
+
+NYU_DELTAS = {"experts": 0.0, "mtl": -0.05, "zeroshot": -0.5, "ta": -0.30, "ties": -0.40, "tall": -0.2,
+              "ta+head": -0.06, "ta+repr": -0.03, "ties+head": -0.10, "ties+repr": -0.08}
+COSTS = {"experts": {"steps": 900, "samples": 28800, "trainable_params": 1000, "wall_s": 90.0},
+         "mtl": {"steps": 600, "samples": 19200, "trainable_params": 1100, "wall_s": 60.0},
+         "ta+head": {"steps": 300, "samples": 9600, "trainable_params": 30, "wall_s": 3.0},
+         "ta+repr": {"steps": 100, "samples": 3200, "trainable_params": 60, "wall_s": 6.0}}
+
+
+def _training(tasks) -> dict:
+    """The JSON of Experiment.training_table."""
+    low = lower_is_better(tasks)
+    return {"tasks": list(tasks), "profile": "cpu", "seed": 0, "mtl_cost": COSTS["mtl"],
+            "rows": [{"task": t, "metric": "m", "lower_is_better": low[t], "probe": 1.0, "expert": 2.0, "mtl": 1.5,
+                      "cost": {"steps": 300, "samples": 9600, "trainable_params": 1000, "wall_s": 30.0}}
+                     for t in tasks]}
+
+
+def _write_run(run_dir: Path, nyu=NYU_DELTAS, diverse=None) -> Path:
+    res = run_dir / "results"
+    res.mkdir(parents=True)
+    (res / "table-seg+depth+normals.json").write_text(json.dumps(_table(("seg", "depth", "normals"), nyu, COSTS)))
+    (res / "training-seg+depth+normals.json").write_text(json.dumps(_training(("seg", "depth", "normals"))))
+    if diverse is not None:
+        tasks = ("seg", "depth", "normals", "edges", "albedo")
+        (res / f"table-{'+'.join(tasks)}.json").write_text(json.dumps(_table(tasks, diverse, COSTS)))
+        (res / f"training-{'+'.join(tasks)}.json").write_text(json.dumps(_training(tasks)))
+    return run_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# bench.py
+# ----------------------------------------------------------------------------------------------
+def test_vit_shapes_match_timm():
+    from timm.models.vision_transformer import VisionTransformer
+    model = VisionTransformer(**bench.QUICK_SHAPES, num_heads=4, num_classes=0)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == bench.vit_shapes(**bench.QUICK_SHAPES)
+    assert bench.n_params(bench.vit_shapes()) == 85_798_656          # ViT-B/16, no classifier
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory):
+    """One ``bench.py --quick`` run (no course) against a synthetic results dir."""
+    tmp = tmp_path_factory.mktemp("bench")
+    run_dir = _write_run(tmp / "run-cpu")
+    out = tmp / "bench" / "bench.json"
+    result = bench.main(["--quick", "--skip-course", "--out", str(out), "--course-root", str(tmp / "courses"),
+                         "--results-run-dir", str(run_dir)])
+    return result, out
+
+
+def test_bench_json_schema(quick_bench):
+    result, out = quick_bench
+    assert out.exists() and not list(out.parent.glob("*.tmp")), "bench.json must be written atomically"
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(result, default=float))
+    assert data["schema"] == bench.SCHEMA_VERSION and data["quick"] is True and data["errors"] == {}
+    env = data["env"]
+    for key in ("date", "hostname", "cpu_count", "torch", "device", "commit", "dirty"):
+        assert key in env, key
+    assert env["cpu_count"] >= 1 and env["torch"]
+    assert set(data) >= {"scenes", "merging", "head_realign", "table4"}
+    assert "course" not in data                                       # skipped, and no earlier run
+    assert [r["size"] for r in data["scenes"]["rows"]] == [64, 128]
+    assert all(r["scenes_per_s"] > 0 for r in data["scenes"]["rows"])
+    # more pixels per scene cannot render more scenes per second (4x the rays)
+    assert data["scenes"]["rows"][1]["scenes_per_s"] < 2 * data["scenes"]["rows"][0]["scenes_per_s"]
+
+
+def test_merging_numbers_are_sane(quick_bench):
+    sec = quick_bench[0]["merging"]
+    enc = sec["encoder_bytes"]
+    assert enc == 4 * bench.n_params(bench.vit_shapes(**bench.QUICK_SHAPES))
+    rows = {r["method"]: r for r in sec["rows"]}
+    assert set(rows) == {"ta", "ties_k0.2", "tall_masks"}
+    for m, r in rows.items():
+        assert "error" not in r, r
+        assert r["wall_s"] > 0 and r["encoder_bytes"] == enc
+        assert r["inputs_bytes"] == (1 + r["n_tasks"]) * enc           # θ_0 + T task vectors
+        assert r["peak_extra_bytes"] >= r["result_bytes"] * 0.98, (m, r)  # the result itself is allocated
+        assert r["peak_extra_x_encoder"] == pytest.approx(r["peak_extra_bytes"] / enc)
+    for m in ("ta", "ties_k0.2"):                                      # a full float32 encoder comes back
+        assert rows[m]["result_bytes"] == enc
+        assert rows[m]["peak_extra_bytes"] >= enc
+    # TALL: one bool mask per task, 1 byte per parameter
+    assert rows["tall_masks"]["result_bytes"] == rows["tall_masks"]["n_tasks"] * enc // 4
+    # TIES trims by global top-k: it needs more working memory than task arithmetic
+    assert rows["ties_k0.2"]["peak_extra_bytes"] > rows["ta"]["peak_extra_bytes"]
+
+
+def test_head_realign_cached_matches_uncached(quick_bench):
+    sec = quick_bench[0]["head_realign"]
+    assert sec["profile"] == "smoke"
+    c, u = sec["cached"], sec["uncached"]
+    assert c["steps"] == u["steps"] == 3 * sec["steps_per_head"]
+    assert c["samples"] == u["samples"] and c["trainable_params"] == u["trainable_params"] > 0
+    assert set(c["test"]) == {"seg", "depth", "normals"}
+    assert sec["same_results"] and sec["max_rel_diff"] <= sec["tolerance"]
+    assert sec["speedup"] == pytest.approx(u["wall_s"] / c["wall_s"])
+
+
+def test_table4_from_results(quick_bench):
+    sets = quick_bench[0]["table4"]["sets"]
+    assert [s["tasks"] for s in sets] == ["seg+depth+normals"]
+    rows = {r["row"]: r for r in sets[0]["rows"]}
+    assert sets[0]["profile"] == "cpu" and sets[0]["n_train"] == 3000 and sets[0]["n_val"] == 400
+    assert rows["ta+head"]["pct_of_mtl"]["steps"] == pytest.approx(50.0)
+    assert rows["ta+repr"]["pct_of_mtl"]["wall_s"] == pytest.approx(10.0)
+    assert rows["experts"]["per_expert_steps"] == pytest.approx(300)
+    assert rows["ta+head"]["delta_m_ratio"] == pytest.approx(-0.06)
+    assert "\\|D\\|" in bench.table4_markdown(quick_bench[0]["table4"])  # pipes escaped in Markdown
+
+
+def test_course_timings_budget_and_reuse(tmp_path, monkeypatch):
+    names = bench.notebook_names()
+    run_dir = tmp_path / "course-smoke"
+    run_dir.mkdir()
+    times = {n: 10.0 + i for i, n in enumerate(names)}
+    times[names[-1]] = bench.SMOKE_BUDGET_S + 5
+    (run_dir / "runtimes.json").write_text(json.dumps(dict(list(times.items())[:-1])))
+    assert bench.read_course_timings("smoke", run_dir) is None         # incomplete run
+    (run_dir / "runtimes.json").write_text(json.dumps(times))
+    sec = bench.read_course_timings("smoke", run_dir)
+    assert [r["pass"] for r in sec["rows"]] == [True] * (len(names) - 1) + [False]
+    assert sec["total_s"] == pytest.approx(sum(times.values())) and sec["total_pass"] is False
+    assert "FAIL" in bench.course_markdown(sec)
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("a complete run must be reused"))
+    assert bench.run_course("smoke", run_dir)["reused"] is True
+
+    cpu = tmp_path / "course-cpu"
+    cpu.mkdir()
+    (cpu / "runtimes.json").write_text(json.dumps({n: bench.CPU_COURSE_BUDGET_S / (len(names) + 1) for n in names}))
+    sec = bench.read_course_timings("cpu", cpu)
+    assert sec["total_pass"] is True and sec["total_budget_s"] == bench.CPU_COURSE_BUDGET_S
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's numbers
+# ----------------------------------------------------------------------------------------------
+def _half_ulp(v: float) -> float:
+    """Half a unit in the last printed decimal of ``v`` (as stored in the JSON)."""
+    text = repr(float(v))
+    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 0
+    return 0.5 * 10 ** -decimals
+
+
+def test_paper_tables_are_consistent():
+    paper = json.loads((REPO / "benchmarks" / "paper_tables.json").read_text())
+    for key in ("table1", "table2", "table3"):
+        tab = paper["tables"][key]
+        tasks = [t["key"] for t in tab["tasks"]]
+        low = {t["key"]: t["lower_is_better"] for t in tab["tasks"]}
+        base = tab["rows"]["experts"]["metrics"]
+        bad = {tuple(c) for c in tab.get("inconsistent_cells", [])}
+        for name, row in tab["rows"].items():
+            assert set(row["metrics"]) == set(tasks), (key, name)
+            if row["normalized"] is None:
+                continue
+            recomputed = normalized_performance(row["metrics"], base, low)
+            for t in tasks:
+                # the absolutes are printed to a few digits: allow their rounding plus the percentage's
+                tol = recomputed[t] * (_half_ulp(row["metrics"][t]) / row["metrics"][t]
+                                       + _half_ulp(base[t]) / base[t]) + 0.0005
+                if (name, t) not in bad:
+                    assert recomputed[t] == pytest.approx(row["normalized"][t], abs=tol), (key, name, t)
+                else:
+                    assert abs(recomputed[t] - row["normalized"][t]) > 0.02, (key, name, t)
+            mean = sum(row["normalized"].values()) / len(tasks)
+            # Δ_MTL = mean normalised - 1, up to the paper's rounding (worst: Table 2's MTL row, 0.13 pp)
+            assert mean - 1 == pytest.approx(row["delta"], abs=0.0015), (key, name)
+    t4 = paper["tables"]["table4"]["rows"]
+    assert t4["mtl"]["steps"] > t4["ta+head"]["steps"] > t4["ta+repr"]["steps"]
+
+
+# ----------------------------------------------------------------------------------------------
+# render_results.py
+# ----------------------------------------------------------------------------------------------
+def _render(tmp_path, run_dir, bench_path):
+    out = tmp_path / "results.md"
+    doc = render_results.main(["--run-dir", str(run_dir), "--gpu-run-dir", str(tmp_path / "no-gpu"),
+                               "--bench", str(bench_path), "--out", str(out)])
+    assert out.read_text() == doc
+    return doc
+
+
+def test_render_from_synthetic_results(tmp_path, quick_bench):
+    diverse = {k: 1.5 * v for k, v in NYU_DELTAS.items()}
+    run_dir = _write_run(tmp_path / "cpu-0", diverse=diverse)
+    doc = _render(tmp_path, run_dir, quick_bench[1])
+    assert "not run" not in doc.split("## Benchmarks")[0]               # every results input present
+    for heading in ("## Our results", "## Reading", "## Cost against joint MTL", "## Benchmarks",
+                    "### Table 1", "### Table 2", "### Table 3", "### Table 4"):
+        assert heading in doc, heading
+    # recovered fraction computed from the numbers: (-0.06 - -0.30) / 0.30 = 80 %
+    expected = (NYU_DELTAS["ta+head"] - NYU_DELTAS["ta"]) / -NYU_DELTAS["ta"]
+    assert f"closes {100 * expected:.0f}% of the loss" in doc
+    assert f"{100 * NYU_DELTAS['ta']:+.1f}%" in doc
+    # scenes/s from bench.json
+    rate = json.loads(Path(quick_bench[1]).read_text())["scenes"]["rows"][0]["scenes_per_s"]
+    assert f"{rate:,.0f}" in doc
+    # 1.5x the losses on diverse5: merging loses more on the larger set, as in the paper
+    items = _claims(run_dir, tmp_path, quick_bench[1])
+    larger = next(i for i in items if i["claim"].startswith("task arithmetic loses more on the larger"))
+    assert larger["ours_holds"] is True and larger["verdict"] == "agrees"
+
+
+def _claims(run_dir, tmp_path, bench_path):
+    _, items = render_results.render([("cpu", str(run_dir))], str(bench_path),
+                                     str(REPO / "benchmarks" / "paper_tables.json"), "test")
+    return items["cpu"]
+
+
+def test_reading_follows_the_numbers(tmp_path):
+    """The same claim flips from 'agrees' to 'differs' when only our numbers change."""
+    def verdict_of(deltas, name, claim_start):
+        run_dir = _write_run(tmp_path / name, nyu=deltas)
+        items = _claims(run_dir, tmp_path, tmp_path / "missing.json")
+        return next(i for i in items if i["scope"] == "nyu3" and i["claim"].startswith(claim_start))
+
+    start = "the best head/adapter realignment comes within"
+    close = verdict_of(NYU_DELTAS, "a", start)                          # best -0.03 vs MTL -0.05
+    far = verdict_of({**NYU_DELTAS, "mtl": 0.10}, "b", start)           # best -0.03 vs MTL +0.10
+    assert close["ours_holds"] is True and close["paper_holds"] is True and close["verdict"] == "agrees"
+    assert far["ours_holds"] is False and far["verdict"] == "differs"
+
+    rec = verdict_of({**NYU_DELTAS, "ta+head": -0.25}, "c", "head realignment recovers more than half of TA")
+    assert rec["ours_holds"] is False and "closes 17% of the loss" in rec["ours"]
+
+
+def test_render_with_missing_inputs(tmp_path):
+    doc = _render(tmp_path, tmp_path / "no-such-run", tmp_path / "no-bench.json")
+    ours = doc.split("## Reading")[0]
+    assert ours.count("not run") == 2                                   # nyu3 and diverse5 tables
+    assert "python -m simo_lite.experiment --profile cpu --tasks nyu3" in ours
+    bench_part = doc.split("## Benchmarks")[1].split("## The paper's tables")[0]
+    assert "not run" in bench_part and "make bench" in bench_part
+    assert "### Table 1" in doc                                         # the paper's tables still render
+
+    doc = render_results.render([("cpu", str(tmp_path / "none"))], str(tmp_path / "none.json"),
+                                str(tmp_path / "no-paper.json"), "test")[0]
+    assert "not run" in doc.split("## The paper's tables")[1]
