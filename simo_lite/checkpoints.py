@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-__all__ = ["config_hash", "save_tensors", "load_tensors", "read_metadata", "CheckpointError"]
+__all__ = ["config_hash", "state_fingerprint", "save_tensors", "load_tensors", "read_metadata", "CheckpointError"]
 
 
 class CheckpointError(RuntimeError):
@@ -26,6 +26,16 @@ class CheckpointError(RuntimeError):
 def config_hash(config: dict) -> str:
     """Stable 12-hex-digit hash of a JSON-serialisable config (key order does not matter)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """sha256 (first 16 hex digits) of a state dict's names, shapes, dtypes and bytes: same weights, same id."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{k}:{tuple(state[k].shape)}:{v.dtype}".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None) -> Path:

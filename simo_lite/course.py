@@ -35,7 +35,7 @@ __all__ = ["Course", "setup", "notebooks", "run", "sweep", "REPO", "NOTEBOOK_BUD
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
 # per-notebook time limits (seconds) by profile, enforced by the runner
-NOTEBOOK_BUDGET_S = {"smoke": 120, "cpu": 1200, "gpu": 3600}
+NOTEBOOK_BUDGET_S = {"smoke": 120, "cpu": 1200, "gpu": 3600, "paper": 4 * 3600}
 
 
 @dataclass
@@ -166,9 +166,15 @@ def run(profile: str = "cpu", seed: int = 0, only=None, params: dict | None = No
     import papermill as pm
 
     P.get(profile)  # validate early
-    out = Path(run_dir) if run_dir else REPO / "runs" / f"{profile}-{seed}"
+    dataset = (params or {}).get("dataset", "scenes")
+    default = f"{profile}-{seed}" if dataset == "scenes" else f"{profile}-{dataset}-{seed}"
+    out = Path(run_dir) if run_dir else REPO / "runs" / default
     out.mkdir(parents=True, exist_ok=True)
     parameters = {"profile": profile, "seed": seed, "run_dir": str(out), "show_progress": False, **(params or {})}
+    if dataset != "scenes" and "tasks" not in parameters:     # the dataset's labelled tasks, in every notebook
+        from .datasets import DATASET_TASKS
+        parameters["tasks"] = ",".join(DATASET_TASKS[dataset])
+        parameters.setdefault("compare_tasks", ",".join(DATASET_TASKS[dataset][:2]))
     timeout_s = timeout_s or NOTEBOOK_BUDGET_S.get(profile, 1800)
     runtimes = {}
     books = notebooks(only)

@@ -238,7 +238,8 @@ class Experiment:
         return representation_realign(model, self.data["val_realign"], self.tasks, rank=rank or self.adapter_rank,
                                       kind=kind, steps=steps or self.profile.realign_steps,
                                       lr=self.profile.lr_finetune * 2, batch_size=self.profile.batch_size,
-                                      seed=self.seed, device=self.device, progress=self.progress)
+                                      seed=self.seed, device=self.device, progress=self.progress,
+                                      cache_dir=self.run_dir / "realign")
 
     # -- the table ----------------------------------------------------------------------------
     def _cache_path(self, kind: str, extra: dict) -> Path:

@@ -13,7 +13,18 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["MeanIoU", "MeanAbsError", "MeanAngleError", "BinaryF1", "normalized_performance", "delta_m"]
+__all__ = ["unit_channels", "argmax_channels", "MeanIoU", "MeanAbsError", "MeanAngleError", "BinaryF1", "normalized_performance", "delta_m"]
+
+
+def unit_channels(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """x / ||x|| over dim 1 (B, C, H, W), like ``F.normalize(x, dim=1)`` but several times faster on CPU
+    for channel-first maps (a strided norm over a small dim 1 is slow)."""
+    return x / (x * x).sum(1, keepdim=True).sqrt().clamp_min(eps)
+
+
+def argmax_channels(x: torch.Tensor) -> torch.Tensor:
+    """argmax over dim 1 of (B, C, H, W) -> (B, H, W); channels-last first, which is faster on CPU."""
+    return x.permute(0, 2, 3, 1).contiguous().argmax(-1)
 
 
 class MeanIoU:
@@ -78,8 +89,8 @@ class MeanAngleError:
         self.total, self.count = 0.0, 0
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        valid = target.norm(dim=1) > 0.5                             # (B, H, W) defined normals
-        pred = torch.nn.functional.normalize(pred, dim=1)
+        valid = (target * target).sum(1) > 0.25                      # (B, H, W) defined normals
+        pred = unit_channels(pred)
         cos = (pred * target).sum(1).clamp(-1, 1)[valid]
         self.total += float(torch.rad2deg(torch.acos(cos)).sum())
         self.count += cos.numel()

@@ -14,11 +14,14 @@ Representation realignment (paper §6b)
 from __future__ import annotations
 
 import copy
+import json
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from . import checkpoints as ckpt
 from .models import SimoModel, count_parameters
 from .tasks import get_task, get_tasks
 from .training import RunRecord, cache_features, fit
@@ -129,15 +132,23 @@ def fold_lora(lora_model) -> nn.Module:
 
 def representation_realign(model: SimoModel, val: dict, tasks=None, rank: int = 16, kind: str = "block",
                            steps: int = 300, lr: float = 1e-3, batch_size: int = 32, seed: int = 0, device="cpu",
-                           progress: bool = False) -> tuple[SimoModel, RunRecord]:
+                           progress: bool = False, cache_dir=None) -> tuple[SimoModel, RunRecord]:
     """Train low-rank adapters in the (frozen) merged encoder together with all heads on ``val``.
 
     ``kind``: "block" (adapter after every block, the paper's form) or "lora" (PEFT LoRA on the
     blocks' linears). Returns the realigned copy (adapters still attached) and its RunRecord.
+    With ``cache_dir``, the result is stored there (safetensors, named by a hash of the starting
+    weights, the data and every setting) and a later identical call loads it instead of training.
     """
     if kind not in ("block", "lora"):
         raise ValueError(f"unknown adapter kind {kind!r}; valid: 'block', 'lora'")
     tasks = get_tasks(tasks if tasks is not None else model.tasks)
+    path = h = None
+    if cache_dir is not None:
+        h = ckpt.config_hash({"model": ckpt.state_fingerprint(model.state_dict()), "tasks": tasks, "rank": rank,
+                              "kind": kind, "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
+                              "val": ckpt.state_fingerprint({k: val[k] for k in ("image", *tasks)})})
+        path = Path(cache_dir) / f"repr-{kind}-r{rank}-{h}.safetensors"
     model = copy.deepcopy(model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -154,8 +165,18 @@ def representation_realign(model: SimoModel, val: dict, tasks=None, rank: int = 
     for t in tasks:
         for p in model.heads[t].parameters():
             p.requires_grad_(True)
+    if path is not None and path.exists():
+        try:
+            model.load_state_dict(ckpt.load_tensors(path, expect_hash=h))
+            rec = json.loads(ckpt.read_metadata(path)["record"])
+            return model.eval(), RunRecord(**rec)
+        except (ckpt.CheckpointError, KeyError, RuntimeError):
+            pass                                    # another configuration or a damaged file: train again
     r = fit(model, {"image": val["image"], **{t: val[t] for t in tasks}}, tasks, steps, lr, batch_size, seed=seed,
             device=device, progress=progress, desc=f"representation realign ({kind}, r={rank})",
             name=f"repr-realign-{kind}")
     r.name = f"repr-realign-{kind}"
+    if path is not None:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        ckpt.save_tensors(state, path, metadata={"config_hash": h, "record": json.dumps(r.to_dict())})
     return model, r

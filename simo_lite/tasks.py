@@ -65,7 +65,7 @@ class Task:
 
 def _normals_loss(out, target):
     """1 - cos on pixels with a defined normal (real datasets mark missing normals with zeros)."""
-    cos = (F.normalize(out, dim=1) * target).sum(1)            # (B, H, W)
+    cos = (M.unit_channels(out) * target).sum(1)               # (B, H, W)
     valid = target.abs().sum(1) > 0                            # (B, H, W); all True on Scenes
     return (1 - cos)[valid].mean() if valid.any() else out.sum() * 0
 
@@ -101,13 +101,13 @@ def _show_depth(d):
 
 TASKS: dict[str, Task] = {
     "seg": Task("seg", NUM_CLASSES, True, "mIoU",
-                lambda o, t: F.cross_entropy(o, t, ignore_index=-1), lambda o: o.argmax(1),
+                lambda o, t: F.cross_entropy(o, t, ignore_index=-1), M.argmax_channels,
                 lambda: M.MeanIoU(), _show_seg),
     "depth": Task("depth", 1, False, "MAE (m)",
                   _depth_loss, lambda o: o.clamp(min=1e-3),
                   lambda: M.MeanAbsError(mask_zero=True), _show_depth, output_bias=4.0),
     "normals": Task("normals", 3, False, "mean angle (deg)",
-                    _normals_loss, lambda o: F.normalize(o, dim=1),
+                    _normals_loss, M.unit_channels,
                     lambda: M.MeanAngleError(), lambda n: (n.permute(1, 2, 0) * 0.5 + 0.5).clamp(0, 1).numpy()),
     "edges": Task("edges", 1, True, "F1",
                   lambda o, t: F.binary_cross_entropy_with_logits(o, t, pos_weight=torch.tensor(4.0, device=o.device)),

@@ -345,18 +345,21 @@ def profile_augment(profile: Profile):
 
 
 def probe_stage(model: SimoModel, train: dict, tasks, profile: Profile, steps: int, seed: int = 0, device="cpu",
-                progress: bool = False, desc: str = "probe", name: str = "probe", state_path=None) -> RunRecord:
+                progress: bool = False, desc: str = "probe", name: str = "probe", state_path=None,
+                features: torch.Tensor | None = None) -> RunRecord:
     """Stage 1 of LP -> FT: train the heads of ``model`` with its encoder frozen (in place).
 
     The encoder runs once over ``train`` and the heads train on the cached features, unless the
     features would not fit in memory or the profile augments its batches (then the frozen encoder
     runs on every batch). The same batches and the same result either way, up to float rounding.
+    ``features``: the encoder's cached features of ``train`` when the caller already has them
+    (several probes on one frozen encoder).
     """
     Stage.set(model, "heads")
     augment = profile_augment(profile)
     n = len(train["image"])
-    feats = None
-    if augment is None and features_fit_in_memory(profile, n):
+    feats = features if augment is None else None
+    if feats is None and augment is None and features_fit_in_memory(profile, n):
         feats = cache_features(model, train["image"], device=device, progress=progress, desc=f"{desc}: encoding")
     return fit(model, train, tasks, steps, profile.lr_head, profile.batch_size, seed=seed,
                weight_decay=profile.weight_decay, grad_clip=profile.grad_clip, pct_start=0.1, device=device,

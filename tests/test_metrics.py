@@ -7,6 +7,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from simo_lite import metrics as M
 from simo_lite.metrics import BinaryF1, MeanAbsError, MeanAngleError, MeanIoU, delta_m, normalized_performance
 
 # ------------------------------------------------------------------------------------------------
@@ -210,3 +211,12 @@ def test_normalized_performance():
     assert ta["normals"] == pytest.approx(18.02 / 26.13)
     with pytest.raises(KeyError):
         normalized_performance({"edges": 0.5}, EXPERTS, LOWER)
+
+
+def test_fast_channel_helpers_match_torch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 9, 7, generator=g)
+    x[0, :, 0, 0] = 0                                                      # a zero vector stays zero
+    torch.testing.assert_close(M.unit_channels(x), torch.nn.functional.normalize(x, dim=1))
+    s = torch.randn(4, 6, 9, 7, generator=g)
+    assert torch.equal(M.argmax_channels(s), s.argmax(1))

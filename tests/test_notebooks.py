@@ -15,6 +15,7 @@ timed on a cold cache, as a learner's first run would be.
 from __future__ import annotations
 
 import ast
+import os
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from simo_lite import course
 
 NOTEBOOKS = course.notebooks()          # notebooks/[0-9][0-9]_*.ipynb, in order
 SMOKE_BUDGET_S = 60                     # per notebook, smoke profile, kernel start-up included
+PROFILE = os.environ.get("SIMO_LITE_TEST_PROFILE", "smoke")     # make test-gpu: "gpu"
+BUDGET_S = SMOKE_BUDGET_S if PROFILE == "smoke" else course.NOTEBOOK_BUDGET_S[PROFILE]
 
 
 def _ids(path: Path) -> str:
@@ -69,19 +72,20 @@ def test_parameters_cell_is_literal(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
-def test_notebook_runs_in_smoke_profile(path, tmp_path, monkeypatch):
+def test_notebook_runs_in_profile(path, tmp_path, monkeypatch):
     monkeypatch.setenv("CI", "1")                                   # progress bars off in the kernel too
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")                      # tiny smoke tensors: threads only add overhead
+    if PROFILE == "smoke":
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")                  # tiny smoke tensors: threads only add overhead
     monkeypatch.setenv("SIMO_LITE_CACHE", str(tmp_path / "cache"))  # cold, isolated scene cache
     run_dir = tmp_path / "run"
     executed_path = run_dir / path.name
 
     t0 = time.perf_counter()
     try:
-        out = course.run(profile="smoke", only=[path.name[:2]], run_dir=str(run_dir))
+        out = course.run(profile=PROFILE, only=[path.name[:2]], run_dir=str(run_dir))
     except SystemExit as e:                                         # the runner exits on a failing cell
         errors = _error_outputs(nbformat.read(executed_path, as_version=4)) if executed_path.exists() else []
-        pytest.fail(f"{path.name} failed in the smoke profile: {e}\n" + "\n".join(errors)
+        pytest.fail(f"{path.name} failed in the {PROFILE} profile: {e}\n" + "\n".join(errors)
                     + f"\nexecuted notebook: {executed_path}")
     elapsed = time.perf_counter() - t0
 
@@ -92,5 +96,5 @@ def test_notebook_runs_in_smoke_profile(path, tmp_path, monkeypatch):
     _check_parameters_cell(executed, path.name)
     pngs = sorted((run_dir / "figures").rglob("*.png"))
     assert pngs, f"{path.name}: no PNG figure written under {run_dir / 'figures'}"
-    assert elapsed < SMOKE_BUDGET_S, f"{path.name}: smoke run took {elapsed:.1f} s (budget {SMOKE_BUDGET_S} s)"
-    print(f"{path.name}: smoke run {elapsed:.1f} s, {len(pngs)} figure(s)")
+    assert elapsed < BUDGET_S, f"{path.name}: {PROFILE} run took {elapsed:.1f} s (budget {BUDGET_S} s)"
+    print(f"{path.name}: {PROFILE} run {elapsed:.1f} s, {len(pngs)} figure(s)")

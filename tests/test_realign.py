@@ -271,3 +271,22 @@ def test_representation_realign_lora(base_model, val, profile):
 def test_representation_realign_unknown_kind(base_model, val):
     with pytest.raises(ValueError, match="block"):
         realign.representation_realign(base_model, val, TASKS, kind="prefix", steps=1)
+
+
+@pytest.mark.parametrize("kind", ["block", "lora"])
+def test_representation_realign_cache(base_model, val, tmp_path, monkeypatch, kind):
+    """A second identical call loads the stored result (no training); other settings train again."""
+    kw = dict(tasks=TASKS, rank=4, kind=kind, steps=REPR_STEPS, batch_size=BATCH, lr=1e-3, cache_dir=tmp_path)
+    first, rec1 = realign.representation_realign(base_model, val, **kw)
+    files = list(tmp_path.glob(f"repr-{kind}-r4-*.safetensors"))
+    assert len(files) == 1
+    monkeypatch.setattr(realign, "fit", lambda *a, **k: pytest.fail("trained again despite the cache"))
+    again, rec2 = realign.representation_realign(base_model, val, **kw)
+    _assert_state_equal(_state(again), _state(first))
+    assert rec2.steps == rec1.steps and rec2.trainable_params == rec1.trainable_params
+    assert rec2.metrics["loss"] == rec1.metrics["loss"]
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(val["image"][:2])["seg"], first.eval()(val["image"][:2])["seg"])
+    monkeypatch.undo()
+    realign.representation_realign(base_model, val, **{**kw, "rank": 2})      # another rank: another file
+    assert len(list(tmp_path.glob(f"repr-{kind}-*.safetensors"))) == 2
