@@ -196,10 +196,33 @@ def run(profile: str = "cpu", seed: int = 0, only=None, params: dict | None = No
         runtimes[nb.name] = time.perf_counter() - t0
         print(f" done in {runtimes[nb.name]:.0f} s")
     _merge_runtimes(out, profile, runtimes)
+    write_run_meta(out, "python -m simo_lite.course run --profile " + profile
+                   + "".join(f" -p {k} {v}" for k, v in (params or {}).items()))
     report = write_report(out)
     print(f"\nexecuted notebooks: {out}\nfigures:            {out / 'figures'}\n"
           f"results:            {out / 'results'}\nreport:             {report}")
     return out
+
+
+def write_run_meta(out: Path, command: str) -> Path:
+    """``<run_dir>/run-meta.json``: when, where and how the run was made (read by docs/results.md)."""
+    import datetime
+    import platform
+    import socket
+    cpu_model = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "hostname": socket.gethostname(), "cpu_model": cpu_model, "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "device": str(P.resolve_device("auto")), "command": command}
+    path = Path(out) / "run-meta.json"
+    path.write_text(json.dumps(meta, indent=1))
+    return path
 
 
 def _merge_runtimes(out: Path, profile: str, runtimes: dict) -> None:

@@ -384,6 +384,9 @@ def main(argv=None) -> None:
         table = exp.results_table()
         print(exp.to_markdown(table))
         print(f"{tasks}: {time.perf_counter() - t0:.0f} s; tables in {run_dir / 'results'}\n")
+    from .course import write_run_meta
+    write_run_meta(run_dir, f"python -m simo_lite.experiment --profile {args.profile} --tasks {' '.join(args.tasks)}"
+                   f" --seed {args.seed}")
 
 
 if __name__ == "__main__":
