@@ -656,8 +656,8 @@ def _section(name: str, fn, results: dict, render, errors: dict):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", nargs="+", default=["cpu"], choices=["smoke", "cpu", "gpu"],
-                    help="course profile(s) to time (default: cpu)")
+    ap.add_argument("--profile", nargs="+", default=["smoke", "cpu"], choices=["smoke", "cpu", "gpu"],
+                    help="course profile(s) to time (default: smoke and cpu)")
     ap.add_argument("--skip-course", action="store_true", help="do not run the course (timings of complete "
                     "earlier runs in runs/bench/course-* are still reported)")
     ap.add_argument("--fresh-course", action="store_true", help="re-run the course even if a complete run exists")
@@ -665,8 +665,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--course-root", default=str(REPO / "runs" / "bench"),
                     help="course runs go to <course-root>/course-<profile>")
     ap.add_argument("--results-run-dir", default=None,
-                    help="run dir whose results/table-*.json feed Table 4 (default: the first course run dir "
-                         "with results, else runs/<profile>-0)")
+                    help="run dir whose results/table-*.json feed Table 4 (default: the first with results of "
+                         "runs/<profile>-0, larger profiles first, then the course run dirs)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes for tests: smoke head realignment, small "
                     "encoder for merging, few scenes")
     ap.add_argument("--only", nargs="+", choices=["scenes", "course", "merging", "head_realign", "table4"],
@@ -739,8 +739,9 @@ def main(argv=None) -> dict:
                  out, head_realign_markdown, errors)
 
     if "table4" in wanted:
+        order = sorted(args.profile, key=lambda p: p == "smoke")     # the larger profile's results first
         cands = [args.results_run_dir] if args.results_run_dir else \
-            [course_root / f"course-{p}" for p in args.profile] + [REPO / "runs" / f"{p}-0" for p in args.profile]
+            [REPO / "runs" / f"{p}-0" for p in order] + [course_root / f"course-{p}" for p in order]
         found = find_results_dir(cands)
         if found is None:
             print(f"\n## table4\n\nnot run: no results/table-*.json in {', '.join(str(c) for c in cands)}")
