@@ -72,6 +72,11 @@ class Course:
         return path
 
 
+def default_run_dir(profile: str, seed: int, dataset: str = "scenes") -> Path:
+    """``runs/<profile>-<seed>``, or ``runs/<profile>-<dataset>-<seed>`` for a real dataset."""
+    return REPO / "runs" / (f"{profile}-{seed}" if dataset == "scenes" else f"{profile}-{dataset}-{seed}")
+
+
 def setup(profile: str = "cpu", seed: int = 0, run_dir: str = "", device: str = "auto",
           show_progress: bool = True, expect_version: str | None = None, dataset: str = "scenes",
           data_dir: str = "", backbone: str = "", weights: str = "", **overrides) -> Course:
@@ -91,8 +96,7 @@ def setup(profile: str = "cpu", seed: int = 0, run_dir: str = "", device: str = 
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     dev = P.resolve_device(device)
-    default = f"{prof.name}-{seed}" if prof.dataset == "scenes" else f"{prof.name}-{prof.dataset}-{seed}"
-    path = Path(run_dir) if run_dir else REPO / "runs" / default
+    path = Path(run_dir) if run_dir else default_run_dir(prof.name, seed, prof.dataset)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     ctx = Course(prof, seed, dev, path, progress_enabled(show_progress))
@@ -167,8 +171,7 @@ def run(profile: str = "cpu", seed: int = 0, only=None, params: dict | None = No
 
     P.get(profile)  # validate early
     dataset = (params or {}).get("dataset", "scenes")
-    default = f"{profile}-{seed}" if dataset == "scenes" else f"{profile}-{dataset}-{seed}"
-    out = Path(run_dir) if run_dir else REPO / "runs" / default
+    out = Path(run_dir) if run_dir else default_run_dir(profile, seed, dataset)
     out.mkdir(parents=True, exist_ok=True)
     parameters = {"profile": profile, "seed": seed, "run_dir": str(out), "show_progress": False, **(params or {})}
     if dataset != "scenes" and "tasks" not in parameters:     # the dataset's labelled tasks, in every notebook

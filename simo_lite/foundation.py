@@ -158,22 +158,22 @@ def probe_comparison(profile: P.Profile, foundation_state: dict, tasks=("seg", "
     Returns {"foundation": {task: metric}, "random": {task: metric}}.
     """
     from .tasks import get_tasks
-    from .training import Stage, build_model, cache_features, evaluate, features_fit_in_memory, fit
+    from .training import (build_model, cache_features, evaluate, features_fit_in_memory, probe_stage,
+                           profile_augment)
     tasks = get_tasks(tasks)
     data = data or load_data(profile, seed)
     out = {}
     n = len(data["train"]["image"])
     for label, state in (("foundation", foundation_state), ("random", random_encoder_state(profile, seed))):
         out[label] = {}
-        feats = None
-        if features_fit_in_memory(profile, n):
+        feats = None                             # one encoder pass serves every task's probe
+        if profile_augment(profile) is None and features_fit_in_memory(profile, n):
             feats = cache_features(build_model(state, profile, tasks[:1], seed=seed), data["train"]["image"],
                                    device=device, progress=progress, desc=f"encoding ({label})")
         for task in tasks:
             model = build_model(state, profile, (task,), seed=seed)
-            Stage.set(model, "heads")
-            fit(model, data["train"], (task,), profile.probe_steps, profile.lr_head, profile.batch_size, seed=seed,
-                device=device, progress=progress, desc=f"probe {label} {task}", features=feats)
+            probe_stage(model, data["train"], (task,), profile, profile.probe_steps, seed=seed, device=device,
+                        progress=progress, desc=f"probe {label} {task}", features=feats)
             out[label][task] = evaluate(model, data["test"], (task,), device=device)[task]
     return out
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["unit_channels", "argmax_channels", "MeanIoU", "MeanAbsError", "MeanAngleError", "BinaryF1", "normalized_performance", "delta_m"]
+__all__ = ["unit_channels", "argmax_channels", "MeanIoU", "MeanAbsError", "MeanAngleError", "BinaryF1",
+           "normalized_performance", "delta_m"]
 
 
 def unit_channels(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

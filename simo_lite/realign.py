@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from . import checkpoints as ckpt
 from .models import SimoModel, count_parameters
-from .tasks import get_task, get_tasks
+from .tasks import get_tasks
 from .training import RunRecord, cache_features, fit
 
 __all__ = ["cache_features", "head_realign", "BlockAdapter", "AdaptedBlock", "add_block_adapters", "add_lora",
@@ -45,28 +45,18 @@ def head_realign(model: SimoModel, val: dict, tasks=None, steps: int = 300, lr: 
     model = copy.deepcopy(model).to(device)
     record = RunRecord(name="head-realign" + ("" if cached else "-uncached"))
     t0 = time.perf_counter()
-    if cached:
-        data = {"image": cache_features(model, val["image"], device=device), **{t: val[t] for t in tasks}}
-    else:
-        data = {"image": val["image"], **{t: val[t] for t in tasks}}
+    feats = cache_features(model, val["image"], device=device) if cached else None   # (N, L, 2C, h, w)
     record.wall_s += time.perf_counter() - t0
+    data = {"image": val["image"], **{t: val[t] for t in tasks}}
     for p in model.parameters():
         p.requires_grad_(False)
     for i, t in enumerate(tasks):
         head = model.heads[t]
         for p in head.parameters():
             p.requires_grad_(True)
-
-        def loss_fn(m, batch, t=t, head=head):
-            if cached:
-                feats = batch["image"]                                   # (B, L, 2C, h, w) cached
-            else:
-                with torch.no_grad():
-                    feats = m.features(batch["image"])                   # encoder pass every step
-            return get_task(t).loss(head(feats), batch[t])
-
+        # encoder frozen: fit skips it on cached features, or runs it without a graph on every batch
         r = fit(model, data, (t,), steps, lr, batch_size, seed=seed + i, device=device, progress=progress,
-                desc=f"head realign: {t}", name=f"head-realign/{t}", loss_fn=loss_fn)
+                desc=f"head realign: {t}", name=f"head-realign/{t}", features=feats)
         for p in head.parameters():
             p.requires_grad_(False)
         record.add(r)

@@ -27,8 +27,9 @@ from .scenes import VERSION as SCENES_VERSION
 from .scenes import load_split
 from .tasks import get_task, get_tasks
 
-__all__ = ["RunRecord", "load_data", "cache_features", "features_fit_in_memory", "probe_stage", "profile_augment", "batch_indices", "fit", "evaluate", "build_model", "train_expert",
-           "train_mtl", "progress_enabled", "Stage", "one_cycle"]
+__all__ = ["RunRecord", "load_data", "cache_features", "features_fit_in_memory", "probe_stage", "profile_augment",
+           "batch_indices", "fit", "evaluate", "build_model", "make_profile_encoder", "train_expert", "train_mtl",
+           "progress_enabled", "Stage", "one_cycle"]
 
 
 def progress_enabled(show_progress: bool | None = None) -> bool:
@@ -143,7 +144,7 @@ def _load_state(path, model, opt, sched, config_hash) -> int:
 def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: int, seed: int = 0,
         weight_decay: float = 1e-4, grad_clip: float = 25.0, pct_start: float = 0.1,
         device: torch.device | str = "cpu", progress: bool = False, desc: str = "training",
-        name: str = "fit", state_path=None, state_every: int = 50, loss_fn=None,
+        name: str = "fit", state_path=None, state_every: int = 50,
         callback=None, features: torch.Tensor | None = None, augment=None) -> RunRecord:
     """Train the parameters of ``model`` that have ``requires_grad`` for ``steps`` steps.
 
@@ -152,7 +153,6 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
         tasks: task names whose losses are averaged (unweighted mean, as the paper).
         state_path: if given, the full training state is saved there every ``state_every`` steps and
             loaded from there on start (resume after an interrupt); removed when training completes.
-        loss_fn: optional ``(model, batch) -> (loss, per_task_losses)`` replacing the default.
         callback: optional ``callback(step, loss)`` after each step (tests use it to interrupt).
         features: optional cached head-input features (N, L, 2C, h, w) of ``data["image"]``
             (:func:`cache_features`); only with a frozen encoder, which is then skipped.
@@ -202,16 +202,13 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
                  if k in tasks or (k == "image" and features is None)}
         if augment is not None:
             batch = augment(batch, torch.Generator().manual_seed(seed * 1_000_003 + step))
-        if loss_fn is not None:
-            loss = loss_fn(model, batch)
+        if features is not None:
+            feats = features[idx].to(device, non_blocking=True)           # (B, L, 2C, h, w) cached
         else:
-            if features is not None:
-                feats = features[idx].to(device, non_blocking=True)       # (B, L, 2C, h, w) cached
-            else:
-                with torch.set_grad_enabled(not encoder_frozen):          # frozen encoder: no graph
-                    feats = model.features(batch["image"])                 # (B, L, 2C, h, w)
-            out = {t: model.heads[t](feats) for t in tasks}
-            loss = sum(get_task(t).loss(out[t], batch[t]) for t in tasks) / len(tasks)
+            with torch.set_grad_enabled(not encoder_frozen):              # frozen encoder: no graph
+                feats = model.features(batch["image"])                     # (B, L, 2C, h, w)
+        out = {t: model.heads[t](feats) for t in tasks}
+        loss = sum(get_task(t).loss(out[t], batch[t]) for t in tasks) / len(tasks)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
