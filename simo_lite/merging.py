@@ -14,13 +14,16 @@ Only floating-point tensors are merged; integer buffers are copied from ``pretra
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 
+from .registry import Registry
+
 __all__ = ["task_vectors", "task_arithmetic", "zero_shot", "weight_average", "ties", "dare", "tall_masks",
            "tall_merged", "consensus", "select_alpha", "tv_norms", "tv_cosine", "ALPHA_GRID", "MERGE_METHODS",
-           "merge", "layer_groups", "learn_layer_coefficients"]
+           "MergeMethod", "register_merge_method", "merge", "layer_groups", "learn_layer_coefficients"]
 
 ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))   # 0.0 ... 1.0, the paper's grid
 
@@ -161,25 +164,77 @@ def consensus(pretrained: StateDict, task_vectors: dict[str, StateDict], lam: fl
                   alpha)
 
 
-MERGE_METHODS = ("zeroshot", "average", "ta", "ties", "dare", "consensus")
+@dataclass(frozen=True)
+class MergeMethod:
+    """A single-encoder merge in the registry :data:`MERGE_METHODS`.
+
+    Attributes:
+        name: registry key (``merge(name, ...)``, the ``merge_method`` notebook parameter).
+        fn: ``fn(pretrained, task_vectors, alpha=..., **options) -> StateDict`` (the merged encoder).
+        options: keyword options ``fn`` takes beyond ``alpha`` (e.g. ``("ties_k",)``).
+        uses_alpha: whether ``alpha`` scales the result (False: the α sweep is skipped).
+        per_task: True when the method builds one encoder per task (one encoder pass per task,
+            as TALL masks), so its cost is not that of a single merged model.
+        label: how results tables name it.
+    """
+    name: str
+    fn: Callable[..., StateDict]
+    options: tuple[str, ...] = ()
+    uses_alpha: bool = True
+    per_task: bool = False
+    label: str = ""
+
+
+MERGE_METHODS: Registry[MergeMethod] = Registry("merge method")
+
+
+def register_merge_method(name: str, fn: Callable[..., StateDict] | None = None, *, options: tuple[str, ...] = (),
+                          uses_alpha: bool = True, per_task: bool = False, label: str = "", replace: bool = False):
+    """Register a merge method (directly, or as a decorator when ``fn`` is omitted).
+
+        @register_merge_method("half", label="half of task arithmetic")
+        def half(pretrained, task_vectors, alpha):
+            return task_arithmetic(pretrained, task_vectors, alpha / 2)
+
+    After that ``merge("half", ...)``, the ``merge_method`` notebook parameter and the results
+    tables accept ``"half"``."""
+    def add(f):
+        MERGE_METHODS.register(name, MergeMethod(name, f, tuple(options), uses_alpha, per_task, label or name),
+                               replace=replace)
+        return f
+    return add(fn) if fn is not None else add
+
+
+register_merge_method("zeroshot", lambda pretrained, tvs, alpha: zero_shot(pretrained), uses_alpha=False,
+                      label="zero-shot (α = 0)")
+register_merge_method("average", lambda pretrained, tvs, alpha: weight_average(pretrained, tvs), uses_alpha=False,
+                      label="weight average")
+register_merge_method("ta", lambda pretrained, tvs, alpha: task_arithmetic(pretrained, tvs, alpha),
+                      label="task arithmetic")
+register_merge_method("ties", lambda pretrained, tvs, alpha, ties_k=0.2: ties(pretrained, tvs, k=ties_k, alpha=alpha),
+                      options=("ties_k",), label="TIES")
+register_merge_method("dare", lambda pretrained, tvs, alpha, dare_p=0.9, seed=0: dare(pretrained, tvs, p=dare_p,
+                                                                                    alpha=alpha, seed=seed),
+                      options=("dare_p", "seed"), label="DARE")
+register_merge_method("consensus", lambda pretrained, tvs, alpha, lam=0.6: consensus(pretrained, tvs, lam=lam,
+                                                                                     alpha=alpha),
+                      options=("lam",), label="consensus")
 
 
 def merge(method: str, pretrained: StateDict, task_vectors: dict[str, StateDict], alpha: float = 1.0,
-          ties_k: float = 0.2, dare_p: float = 0.9, lam: float = 0.6, seed: int = 0) -> StateDict:
-    """One entry point for the single-encoder merges: method in MERGE_METHODS."""
-    if method == "zeroshot":
-        return zero_shot(pretrained)
-    if method == "average":
-        return weight_average(pretrained, task_vectors)
-    if method == "ta":
-        return task_arithmetic(pretrained, task_vectors, alpha)
-    if method == "ties":
-        return ties(pretrained, task_vectors, k=ties_k, alpha=alpha)
-    if method == "dare":
-        return dare(pretrained, task_vectors, p=dare_p, alpha=alpha, seed=seed)
-    if method == "consensus":
-        return consensus(pretrained, task_vectors, lam=lam, alpha=alpha)
-    raise ValueError(f"unknown merge method {method!r}; valid: {', '.join(MERGE_METHODS)}")
+          **options) -> StateDict:
+    """One entry point for the single-encoder merges: ``method`` is a name in :data:`MERGE_METHODS`.
+
+    ``options`` (``ties_k``, ``dare_p``, ``lam``, ``seed``, or a registered method's own) go to the
+    methods that take them; a name that no registered method takes is an error, so a typo is caught.
+    """
+    spec = MERGE_METHODS[method]
+    known = {o for m in MERGE_METHODS.values() for o in m.options}
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(f"merge: unknown option(s) {sorted(unknown)}; options of the registered methods: "
+                         f"{', '.join(sorted(known))}")
+    return spec.fn(pretrained, task_vectors, alpha=alpha, **{k: v for k, v in options.items() if k in spec.options})
 
 
 def select_alpha(score: Callable[[float], float], grid: Iterable[float] = ALPHA_GRID) -> tuple[float, dict]:

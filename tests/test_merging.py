@@ -573,3 +573,44 @@ def test_dare_empty_raises_value_error():
 def test_module_exports():
     for name in merging.__all__:
         assert hasattr(merging, name), name
+
+
+# ----------------------------------------------------------------------------------------------
+# the merge-method registry: extension from outside the package
+# ----------------------------------------------------------------------------------------------
+def test_register_merge_method_from_outside(sd):
+    from simo_lite.merging import MERGE_METHODS, register_merge_method
+    theta0, ft = sd
+    tvs = task_vectors(theta0, ft)
+
+    @register_merge_method("half_ta", label="half task arithmetic")
+    def half(pretrained, task_vectors, alpha):
+        return task_arithmetic(pretrained, task_vectors, alpha / 2)
+
+    try:
+        assert "half_ta" in MERGE_METHODS and MERGE_METHODS["half_ta"].label == "half task arithmetic"
+        _close(merge("half_ta", theta0, tvs, alpha=0.6, ties_k=0.5), task_arithmetic(theta0, tvs, 0.3))
+        with pytest.raises(ValueError, match="already registered"):
+            register_merge_method("half_ta", half)
+    finally:
+        MERGE_METHODS.unregister("half_ta")
+    with pytest.raises(ValueError, match="unknown merge method 'half_ta'; valid: zeroshot, average, ta, ties"):
+        merge("half_ta", theta0, tvs)
+
+
+def test_merge_rejects_an_option_no_method_takes(sd):
+    theta0, ft = sd
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['ties_kk'\].*ties_k"):
+        merge("ties", theta0, task_vectors(theta0, ft), alpha=0.3, ties_kk=0.4)
+
+
+def test_unknown_name_error_is_key_and_value_error():
+    from simo_lite.registry import Registry, UnknownNameError
+    reg = Registry("colour")
+    reg.register("red", 1)
+    with pytest.raises(KeyError) as k:
+        reg["blue"]
+    assert isinstance(k.value, UnknownNameError) and isinstance(k.value, ValueError)
+    assert str(k.value) == "unknown colour 'blue'; valid: red"
+    with pytest.raises(ValueError, match="non-empty string"):
+        reg.register("", 2)
