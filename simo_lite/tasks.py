@@ -26,41 +26,70 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics as M
+from .registry import Registry
 from .scenes import NUM_CLASSES
 
-__all__ = ["Task", "TASKS", "TASK_SETS", "get_task", "get_tasks", "lower_is_better"]
+__all__ = ["Task", "TASKS", "TASK_SETS", "get_task", "get_tasks", "lower_is_better", "register_task",
+           "register_task_set"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Task:
+    """One dense task: how its head is trained, scored and drawn.
+
+    Attributes:
+        name: registry key, also the label key in a split dict.
+        channels: head output channels C (seg: the dataset's class count, set per profile).
+        higher_is_better: direction of ``metric_name``.
+        metric_name: e.g. "mIoU", "MAE (m)".
+        loss_fn: ``loss_fn(out (B,C,H,W), target) -> scalar`` on raw head outputs.
+        predict_fn: raw head output (B,C,H,W) -> prediction in the label's space and shape.
+        metric_factory: ``() -> accumulator`` with ``update(pred, target)`` / ``compute() -> float``.
+        show_fn: one label or prediction, (C,H,W) or (H,W), -> RGB (H,W,3) in [0, 1].
+        output_bias: initial bias of the head's last layer (depth: 4 m).
+    """
     name: str
-    channels: int                                   # head output channels
+    channels: int
     higher_is_better: bool
-    metric_name: str                                # e.g. "mIoU", "MAE (m)"
-    _loss: Callable
-    _postprocess: Callable                          # head output (B,C,H,W) -> prediction in label space
-    _metric: Callable                               # () -> fresh accumulator with update/compute
-    _show: Callable                                 # label (C,H,W) or (H,W) -> RGB (H,W,3) in [0,1]
-    output_bias: float = 0.0                        # initial bias of the head's last layer (depth: 4 m)
+    metric_name: str
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    predict_fn: Callable[[torch.Tensor], torch.Tensor]
+    metric_factory: Callable[[], object]
+    show_fn: Callable[[torch.Tensor], np.ndarray]
+    output_bias: float = 0.0
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scalar training loss of raw head output ``out`` (B,C,H,W) against the label batch."""
-        return self._loss(out, target)
+        return self.loss_fn(out, target)
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
         """Raw head output -> prediction in the label's space and shape."""
-        return self._postprocess(out)
+        return self.predict_fn(out)
 
     def new_metric(self):
-        return self._metric()
+        """A fresh metric accumulator (``update(pred, target)``, ``compute() -> float``)."""
+        return self.metric_factory()
 
     def visualize(self, label: torch.Tensor) -> np.ndarray:
         """One label or prediction (no batch dim) as an RGB image (H, W, 3) with values in [0, 1]."""
-        return self._show(label.detach().cpu())
+        return self.show_fn(label.detach().cpu())
 
     @property
     def lower_is_better(self) -> bool:
         return not self.higher_is_better
+
+
+def register_task(task: Task, *, replace: bool = False) -> Task:
+    """Add a task to :data:`TASKS` (then usable in ``tasks=`` everywhere)."""
+    return TASKS.register(task.name, task, replace=replace)
+
+
+def register_task_set(name: str, tasks, *, replace: bool = False) -> tuple[str, ...]:
+    """Add a named task set to :data:`TASK_SETS` (its tasks must be registered)."""
+    names = get_tasks(tuple(tasks))
+    if name in TASKS:
+        raise ValueError(f"task set name {name!r} is already a task name")
+    return TASK_SETS.register(name, names, replace=replace)
 
 
 def _normals_loss(out, target):
@@ -99,29 +128,34 @@ def _show_depth(d):
     return cmap(((d - 0.5) / 9.5).clamp(0, 1).numpy())[..., :3]
 
 
-TASKS: dict[str, Task] = {
-    "seg": Task("seg", NUM_CLASSES, True, "mIoU",
-                lambda o, t: F.cross_entropy(o, t, ignore_index=-1), M.argmax_channels,
-                lambda: M.MeanIoU(), _show_seg),
-    "depth": Task("depth", 1, False, "MAE (m)",
-                  _depth_loss, lambda o: o.clamp(min=1e-3),
-                  lambda: M.MeanAbsError(mask_zero=True), _show_depth, output_bias=4.0),
-    "normals": Task("normals", 3, False, "mean angle (deg)",
-                    _normals_loss, M.unit_channels,
-                    lambda: M.MeanAngleError(), lambda n: (n.permute(1, 2, 0) * 0.5 + 0.5).clamp(0, 1).numpy()),
-    "edges": Task("edges", 1, True, "F1",
-                  lambda o, t: F.binary_cross_entropy_with_logits(o, t, pos_weight=torch.tensor(4.0, device=o.device)),
-                  lambda o: (o > 0).float(), lambda: M.BinaryF1(),
-                  lambda e: e.reshape(e.shape[-2:]).float()[..., None].expand(-1, -1, 3).numpy()),
-    "albedo": Task("albedo", 3, False, "MAE",
-                   lambda o, t: F.l1_loss(o, t), lambda o: o.clamp(0, 1),
-                   lambda: M.MeanAbsError(), lambda a: a.permute(1, 2, 0).clamp(0, 1).numpy()),
-}
+def _bce_edges(o, t):
+    return F.binary_cross_entropy_with_logits(o, t, pos_weight=torch.tensor(4.0, device=o.device))
 
-TASK_SETS: dict[str, tuple[str, ...]] = {
-    "nyu3": ("seg", "depth", "normals"),
-    "diverse5": ("seg", "depth", "normals", "edges", "albedo"),
-}
+
+TASKS: Registry[Task] = Registry("task")
+TASK_SETS: Registry[tuple[str, ...]] = Registry("task set")
+
+for _task in (
+    Task(name="seg", channels=NUM_CLASSES, higher_is_better=True, metric_name="mIoU",
+         loss_fn=lambda o, t: F.cross_entropy(o, t, ignore_index=-1), predict_fn=M.argmax_channels,
+         metric_factory=M.MeanIoU, show_fn=_show_seg),
+    Task(name="depth", channels=1, higher_is_better=False, metric_name="MAE (m)",
+         loss_fn=_depth_loss, predict_fn=lambda o: o.clamp(min=1e-3),
+         metric_factory=lambda: M.MeanAbsError(mask_zero=True), show_fn=_show_depth, output_bias=4.0),
+    Task(name="normals", channels=3, higher_is_better=False, metric_name="mean angle (deg)",
+         loss_fn=_normals_loss, predict_fn=M.unit_channels, metric_factory=M.MeanAngleError,
+         show_fn=lambda n: (n.permute(1, 2, 0) * 0.5 + 0.5).clamp(0, 1).numpy()),
+    Task(name="edges", channels=1, higher_is_better=True, metric_name="F1",
+         loss_fn=_bce_edges, predict_fn=lambda o: (o > 0).float(), metric_factory=M.BinaryF1,
+         show_fn=lambda e: e.reshape(e.shape[-2:]).float()[..., None].expand(-1, -1, 3).numpy()),
+    Task(name="albedo", channels=3, higher_is_better=False, metric_name="MAE",
+         loss_fn=lambda o, t: F.l1_loss(o, t), predict_fn=lambda o: o.clamp(0, 1),
+         metric_factory=M.MeanAbsError, show_fn=lambda a: a.permute(1, 2, 0).clamp(0, 1).numpy()),
+):
+    TASKS.register(_task.name, _task)
+
+TASK_SETS.register("nyu3", ("seg", "depth", "normals"))
+TASK_SETS.register("diverse5", ("seg", "depth", "normals", "edges", "albedo"))
 
 
 def get_task(name: str) -> Task:

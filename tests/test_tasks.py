@@ -168,3 +168,30 @@ def test_visualize_accepts_predictions_with_grad():
     out = torch.randn(3, H, W, requires_grad=True)
     img = T.get_task("albedo").visualize(out)
     assert img.shape == (H, W, 3)
+
+
+def test_register_task_and_task_set_from_outside():
+    """A new task and task set registered from outside the package resolve everywhere names do."""
+    import dataclasses
+    from simo_lite import tasks as T
+    gray = dataclasses.replace(T.get_task("albedo"), name="gray", channels=1)
+    T.register_task(gray)
+    try:
+        T.register_task_set("seg_gray", ["seg", "gray"])
+        assert T.get_tasks("seg_gray") == ("seg", "gray")
+        assert T.lower_is_better("seg,gray") == {"seg": False, "gray": True}
+        with pytest.raises(ValueError, match="already registered"):
+            T.register_task(gray)
+        with pytest.raises(ValueError, match="unknown task 'grey'; valid tasks: seg, depth, normals, edges, albedo, gray"):
+            T.register_task_set("bad", ["seg", "grey"])
+    finally:
+        T.TASK_SETS.unregister("seg_gray")
+        T.TASKS.unregister("gray")
+    with pytest.raises(ValueError, match="unknown task 'gray'"):
+        T.get_tasks("seg,gray")
+
+
+def test_task_fields_are_keyword_only():
+    from simo_lite.tasks import Task
+    with pytest.raises(TypeError):
+        Task("x", 1, True, "m", None, None, None, None)
