@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= cpu
 
-.PHONY: course test venv check-env bench-scenes foundation clean-runs student
+.PHONY: course test venv check-env bench-scenes foundation clean-runs student lab kernel
 
 $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -25,6 +25,21 @@ test: venv
 
 student: venv
 	$(PY) -m simo_lite.student
+
+# JupyterLab on the course notebooks (LAB_DIR=notebooks/student for the student copies), with the
+# project's kernel "simo_lite" (this .venv) registered inside the venv; LAB_ARGS for extra options
+LAB_DIR ?= notebooks
+LAB_ARGS ?=
+# offline: no update checks, no extension index queries; root (containers) needs --allow-root
+LAB_OPTS := --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate --LabApp.extension_manager=readonly \
+            $(if $(filter 0,$(shell id -u)),--allow-root,)
+kernel: venv
+	$(PY) -m ipykernel install --sys-prefix --name simo_lite --display-name "Python (simo_lite)" >/dev/null
+	@echo "kernel 'simo_lite' registered: $$($(PY) -m jupyter kernelspec list | grep simo_lite)"
+
+lab: kernel
+	@test -d $(LAB_DIR) || { echo "$(LAB_DIR) does not exist (make student writes notebooks/student)"; exit 1; }
+	$(PY) -m jupyter lab --notebook-dir=$(LAB_DIR) $(LAB_OPTS) $(LAB_ARGS)
 
 check-env: venv
 	$(PY) -m simo_lite.check_env
