@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= cpu
 
-.PHONY: course test venv check-env bench-scenes foundation clean-runs student lab kernel
+.PHONY: course test venv check-env bench-scenes foundation clean-runs student lab kernel ui-deps test-ui
 
 $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -40,6 +40,21 @@ kernel: venv
 lab: kernel
 	@test -d $(LAB_DIR) || { echo "$(LAB_DIR) does not exist (make student writes notebooks/student)"; exit 1; }
 	$(PY) -m jupyter lab --notebook-dir=$(LAB_DIR) $(LAB_OPTS) $(LAB_ARGS)
+
+# Real-browser check of the notebooks' widgets (tests/test_ui.py): JupyterLab on smoke copies of 03 and 05,
+# driven by Playwright in Debian's chromium (apt-get install chromium when /usr/bin/chromium is missing;
+# Playwright's own browser downloads are never used). Screenshots: runs/ui/. `make test` runs the same test
+# when both are present and skips it otherwise; .ci/run calls `make ui-deps` first, so CI runs it once,
+# inside `make test` (about 1.5-2 min on 2 cores: two smoke notebooks plus the widget round trips).
+CHROMIUM := /usr/bin/chromium
+ui-deps: venv
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium with apt-get"; \
+	  sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null; }
+	@$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q -c requirements-lock.txt -e ".[dev]"
+
+test-ui: ui-deps
+	$(PY) -m pytest -q -s tests/test_ui.py
 
 check-env: venv
 	$(PY) -m simo_lite.check_env
