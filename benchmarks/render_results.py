@@ -4,6 +4,10 @@ reading of which of the paper's findings hold on our benchmark, computed from th
     python benchmarks/render_results.py                                  # runs/cpu-0, runs/gpu-0, runs/bench/bench.json
     python benchmarks/render_results.py --run-dir runs/cpu-0 --bench runs/bench/bench.json --out docs/results.md
 
+(``python -m benchmarks.render_results`` is the same.) The sections' own Markdown comes from their modules
+(``benchmarks.scenes_rate``, ``course_time``, ``merging_cost``, ``head_realign``, ``table4``); task sets,
+rows and merge labels from ``simo_lite`` (``tasks.TASK_SETS``, ``experiment.ROWS``, ``merging.MERGE_METHODS``).
+
 Inputs (each may be missing; the document then says "not run" and how to produce it):
 
 - ``<run-dir>/results/table-<tasks>.json`` and ``training-<tasks>.json``, written by
@@ -20,44 +24,39 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import socket
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-for p in (str(REPO), str(HERE)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+if not __package__:                                   # python benchmarks/render_results.py: import as the package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import bench  # noqa: E402  (benchmarks/bench.py: Markdown helpers and the Table 4 reader)
+from simo_lite.experiment import ROWS  # noqa: E402
+from simo_lite.merging import MERGE_METHODS  # noqa: E402
+from simo_lite.tasks import TASK_SETS  # noqa: E402
 
-TASK_SETS = {"nyu3": ("seg", "depth", "normals"), "diverse5": ("seg", "depth", "normals", "edges", "albedo")}
-PAPER_FOR_SET = {"nyu3": "table1", "diverse5": "table3"}
-ROW_LABELS = {"experts": "experts (LP→FT)", "mtl": "joint MTL", "zeroshot": "zero-shot (α=0)",
-              "ta": "task arithmetic", "ties": "TIES", "tall": "TALL masks (T encoder passes)",
+from benchmarks import course_time, head_realign, merging_cost, scenes_rate, table4  # noqa: E402
+from benchmarks.common import PAPER_TABLES, REPO, load_json, md_table, write_text_atomic  # noqa: E402
+
+# Row labels of our tables: a merge method's label from the registry, the rest (and zero-shot, whose
+# registry label is spaced "α = 0") as this document has always printed them.
+ROW_LABELS = {**{name: MERGE_METHODS[name].label for name in ROWS if name in MERGE_METHODS},
+              "experts": "experts (LP→FT)", "mtl": "joint MTL", "zeroshot": "zero-shot (α=0)",
+              "tall": "TALL masks (T encoder passes)",
               "ta+head": "TA + head realign", "ta+repr": "TA + block adapters", "ta+lora": "TA + PEFT LoRA",
               "ties+head": "TIES + head realign", "ties+repr": "TIES + block adapters",
               "ties+lora": "TIES + PEFT LoRA"}
 PAPER_ROW_LABELS = {**ROW_LABELS, "experts": "Task-Specific", "mtl": "MTL", "tall": "TALL-Mask",
                     "ta+head": "TA + head re-align", "ta+repr": "TA + repr. re-align",
                     "ties+head": "TIES + head re-align", "ties+repr": "TIES + repr. re-align"}
-DELTA_ROWS = ("mtl", "zeroshot", "ta", "ties", "tall", "ta+head", "ta+repr", "ta+lora", "ties+head", "ties+repr",
-              "ties+lora")
+DELTA_ROWS = tuple(r for r in ROWS if r != "experts")       # Δm is against the experts
+PAIR_SETS = ("nyu3", "diverse5")          # (smaller, larger) task set of the "more and more diverse" claims
 NOT_RUN = "not run"
 
 
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
-def load_json(path) -> object | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _mtime(path: Path) -> str:
     return _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -72,8 +71,23 @@ def task_info(task: str) -> tuple[str, bool | None]:
         return task, None
 
 
+def paper_for_set(paper: dict | None) -> dict[str, str]:
+    """``{our task set: key of the paper's table it is set against}``, from the tables' ``"ours"``
+    field (the shipped ``paper_tables.json`` when ``paper`` is None); task sets not in
+    ``simo_lite.tasks.TASK_SETS`` are left out."""
+    paper = paper or load_json(PAPER_TABLES) or {"tables": {}}
+    return {t["ours"]: key for key, t in paper["tables"].items() if t.get("ours") in TASK_SETS}
+
+
+def table_name(key: str | None) -> str:
+    """"Table 1" for the paper's table key "table1"; "no paper table" for None."""
+    return "no paper table" if key is None else key.replace("table", "Table ")
+
+
 def load_run(run_dir, profile: str) -> dict:
-    """The results of one run directory: {set name: {"rows": {row: dict}, ...}} plus provenance."""
+    """The results of one run directory: ``{"run_dir", "profile", "meta" (run-meta.json or
+    bench-meta.json, or None), "sets": {set name: {"tasks", "path", "date", "rows": {row: dict},
+    "training", "training_path"}}}`` for every task set of ``TASK_SETS`` that has a results table."""
     run_dir = Path(run_dir)
     out = {"run_dir": str(run_dir), "profile": profile, "sets": {}, "meta": None}
     for name in ("run-meta.json", "bench-meta.json"):
@@ -100,12 +114,15 @@ def load_run(run_dir, profile: str) -> dict:
 # Formatting
 # ----------------------------------------------------------------------------------------------
 def pct(v, digits: int = 1, sign: bool = True) -> str:
+    """A fraction as a percentage string ("+12.3%", or "12.3%" with ``sign=False``); "–" for None."""
     if v is None:
         return "–"
     return f"{100 * v:+.{digits}f}%" if sign else f"{100 * v:.{digits}f}%"
 
 
 def num(v) -> str:
+    """A number for a table cell: ints with thousands separators, floats to 4 significant digits;
+    "–" for None."""
     if v is None:
         return "–"
     if isinstance(v, int):
@@ -114,10 +131,12 @@ def num(v) -> str:
 
 
 def experiment_command(profile: str, set_name: str, run_dir: str) -> str:
+    """The command line that produces a task set's results tables in ``run_dir``."""
     return f"python -m simo_lite.experiment --profile {profile} --tasks {set_name} --run-dir {run_dir}"
 
 
 def provenance(run: dict, s: dict, set_name: str) -> str:
+    """One sentence: date, hardware and command of a run's results table ``s``, and its source file."""
     meta = run["meta"] or {}
     if meta.get("hostname"):
         hw = (f"{meta.get('hostname')}, {meta.get('cpu_model', '?')}, {meta.get('cpu_count', '?')} CPUs, "
@@ -134,6 +153,8 @@ def provenance(run: dict, s: dict, set_name: str) -> str:
 # Our tables
 # ----------------------------------------------------------------------------------------------
 def results_table_md(s: dict) -> str:
+    """Our results table of one task set in Markdown: per-task metric (normalised %), Δm (ratio and
+    Eq. 2), steps, samples, trainable params and wall-clock seconds per row."""
     tasks = s["tasks"]
     heads = []
     for t in tasks:
@@ -147,11 +168,13 @@ def results_table_md(s: dict) -> str:
                     + [pct(r["delta_m_ratio"]), pct(r["delta_m_relative"]), num(c.get("steps")),
                        num(c.get("samples")), num(c.get("trainable_params")),
                        "–" if c.get("wall_s") is None else f"{c['wall_s']:.0f}"])
-    return bench.md_table(["method"] + heads + ["Δm (ratio, paper's)", "Δm (Eq. 2)", "steps", "samples",
-                                                "trainable params", "wall s"], rows)
+    return md_table(["method"] + heads + ["Δm (ratio, paper's)", "Δm (Eq. 2)", "steps", "samples",
+                                          "trainable params", "wall s"], rows)
 
 
 def training_table_md(tr: dict) -> str:
+    """The training table (``Experiment.training_table``'s JSON) in Markdown: per task the linear probe,
+    expert and joint MTL metrics with the expert's cost, then joint MTL's cost (wall-clock in seconds)."""
     rows = []
     for r in tr["rows"]:
         c = r["cost"]
@@ -160,11 +183,12 @@ def training_table_md(tr: dict) -> str:
                      f"{c['wall_s']:.0f}"])
     c = tr["mtl_cost"]
     rows.append(["MTL (all heads)", "", "", "", "", num(c["steps"]), num(c["trainable_params"]), f"{c['wall_s']:.0f}"])
-    return bench.md_table(["task", "metric", "linear probe", "expert (LP→FT)", "joint MTL", "steps",
-                           "trainable params", "wall s"], rows)
+    return md_table(["task", "metric", "linear probe", "expert (LP→FT)", "joint MTL", "steps",
+                     "trainable params", "wall s"], rows)
 
 
-def our_results_md(runs: list[dict], args) -> list[str]:
+def our_results_md(runs: list[dict]) -> list[str]:
+    """The "Our results" section's Markdown lines: every task set of every run, or how to produce it."""
     out = ["## Our results", ""]
     for run in runs:
         for set_name, tasks in TASK_SETS.items():
@@ -187,6 +211,8 @@ def our_results_md(runs: list[dict], args) -> list[str]:
 # The paper's tables
 # ----------------------------------------------------------------------------------------------
 def paper_table_md(tab: dict) -> str:
+    """One of the paper's Tables 1-3 (from paper_tables.json) in Markdown: absolute metrics, their
+    normalised %, Δ_MTL; cells the paper prints inconsistently are starred and the note follows."""
     tasks = tab["tasks"]
     bad = {tuple(c) for c in tab.get("inconsistent_cells", [])}
     rows = []
@@ -200,14 +226,16 @@ def paper_table_md(tab: dict) -> str:
                 v += " *"
             cells.append(v)
         rows.append([PAPER_ROW_LABELS.get(name, name)] + cells + [pct(r["delta"])])
-    md = bench.md_table(["method"] + [f"{t['name']} {'↓' if t['lower_is_better'] else '↑'}" for t in tasks]
-                        + ["Δ_MTL"], rows)
+    md = md_table(["method"] + [f"{t['name']} {'↓' if t['lower_is_better'] else '↑'}" for t in tasks]
+                  + ["Δ_MTL"], rows)
     if bad:
         md += "\n\n\\* " + tab.get("inconsistency_note", "inconsistent in the paper")
     return md
 
 
 def paper_table4_md(tab: dict) -> str:
+    """The paper's Table 4 in Markdown: steps, trainable params (millions) and |D|, each with its % of
+    MTL's, then the table's note."""
     mtl = tab["rows"]["mtl"]
     rows = []
     for name, r in tab["rows"].items():
@@ -215,11 +243,12 @@ def paper_table4_md(tab: dict) -> str:
                      f"{r['trainable_params'] / 1e6:.1f}M "
                      f"({100 * r['trainable_params'] / mtl['trainable_params']:.0f}%)",
                      f"{r['D']:,} ({100 * r['D'] / mtl['D']:.0f}%)"])
-    return bench.md_table(["method", "steps (% of MTL)", "trainable params (% of MTL)", "\\|D\\| (% of MTL)"],
-                          rows) + f"\n\n{tab.get('note', '')}"
+    return md_table(["method", "steps (% of MTL)", "trainable params (% of MTL)", "\\|D\\| (% of MTL)"],
+                    rows) + f"\n\n{tab.get('note', '')}"
 
 
 def paper_md(paper: dict | None, path: str) -> list[str]:
+    """The "paper's tables" section's Markdown lines (Tables 1-4 from ``paper``; "not run" without it)."""
     out = ["## The paper's tables (quoted)", ""]
     if not paper:
         return out + [f"{NOT_RUN}: `{path}` not found.", ""]
@@ -354,6 +383,7 @@ COST_CLAIMS = [
 
 
 def verdict(ours: bool | None, paper: bool | None) -> str:
+    """"agrees" / "differs" when both sides can test a claim, else "not run" or "not in the paper"."""
     if ours is None:
         return NOT_RUN
     if paper is None:
@@ -362,6 +392,8 @@ def verdict(ours: bool | None, paper: bool | None) -> str:
 
 
 def evaluate_claims(claims, ours_args, paper_args) -> list[dict]:
+    """Each ``(label, predicate)`` of ``claims`` applied to our numbers and to the paper's (None: that side
+    is missing): ``[{"claim", "ours_holds", "ours" (evidence), "paper_holds", "paper", "verdict"}]``."""
     out = []
     for label, f in claims:
         o_ok, o_ev = f(*ours_args) if ours_args is not None else (None, None)
@@ -372,10 +404,12 @@ def evaluate_claims(claims, ours_args, paper_args) -> list[dict]:
 
 
 def deltas_of(s: dict | None) -> dict | None:
+    """``{row: Δm (ratio)}`` of one of our task sets (:func:`load_run`), or None."""
     return None if s is None else {k: r["delta_m_ratio"] for k, r in s["rows"].items()}
 
 
-def paper_deltas(paper: dict | None, key: str) -> dict | None:
+def paper_deltas(paper: dict | None, key: str | None) -> dict | None:
+    """``{row: Δ_MTL}`` of the paper's table ``key`` (rows the paper leaves blank left out), or None."""
     if not paper or key not in paper["tables"]:
         return None
     return {k: r["delta"] for k, r in paper["tables"][key]["rows"].items() if r.get("delta") is not None}
@@ -386,12 +420,13 @@ def costs_of(run: dict, set_name: str) -> dict | None:
     s = run["sets"].get(set_name)
     if s is None:
         return None
-    t4 = bench.table4_from_run(Path(run["run_dir"]), run["profile"])
+    t4 = table4.run(Path(run["run_dir"]), run["profile"])
     rows = next((x["rows"] for x in t4["sets"] if x["tasks"] == "+".join(s["tasks"])), [])
     return {r["row"]: {k: r[k] for k in ("steps", "samples", "trainable_params", "wall_s", "D")} for r in rows}
 
 
 def paper_costs(paper: dict | None) -> dict | None:
+    """``{row: {steps, trainable_params, D, wall_s=None}}`` from the paper's Table 4, or None."""
     if not paper or "table4" not in paper["tables"]:
         return None
     return {k: {"steps": r["steps"], "trainable_params": r["trainable_params"], "D": r["D"], "wall_s": None}
@@ -399,33 +434,42 @@ def paper_costs(paper: dict | None) -> dict | None:
 
 
 def yes_no(v: bool | None) -> str:
+    """"yes" / "no", or "–" for None."""
     return "–" if v is None else ("yes" if v else "no")
 
 
 def findings_table(items: list[dict]) -> str:
-    return bench.md_table(["claim", "ours", "holds on ours", "paper", "holds in the paper", "verdict"],
-                          [[i["claim"], i["ours"] or "–", yes_no(i["ours_holds"]), i["paper"] or "–",
-                            yes_no(i["paper_holds"]), f"**{i['verdict']}**"] for i in items])
+    """Claim results (:func:`evaluate_claims`) as a Markdown table with both sides' evidence and the verdict."""
+    return md_table(["claim", "ours", "holds on ours", "paper", "holds in the paper", "verdict"],
+                    [[i["claim"], i["ours"] or "–", yes_no(i["ours_holds"]), i["paper"] or "–",
+                      yes_no(i["paper_holds"]), f"**{i['verdict']}**"] for i in items])
 
 
 def comparison_table(run: dict, paper: dict | None) -> str:
+    """Markdown table of Δm (ratio) per row: ours for every task set, each next to the paper's table it
+    is set against ("not run" where a side has no numbers)."""
     cols, data = [], []
+    paper_keys = paper_for_set(paper)
     for set_name in TASK_SETS:
         d = deltas_of(run["sets"].get(set_name))
-        key = PAPER_FOR_SET[set_name]
+        key = paper_keys.get(set_name)
         pd = paper_deltas(paper, key)
-        ds = paper["tables"][key]["dataset"] if paper and key in paper["tables"] else key
-        cols += [f"ours {set_name}", f"paper {ds} ({key.replace('table', 'Table ')})"]
+        ds = paper["tables"][key]["dataset"] if paper and key in paper["tables"] else key or "–"
+        cols += [f"ours {set_name}", f"paper {ds} ({table_name(key)})"]
         data += [d, pd]
     rows = []
     for name in DELTA_ROWS:
         if all(d is None or d.get(name) is None for d in data):
             continue
         rows.append([ROW_LABELS.get(name, name)] + [NOT_RUN if d is None else pct(d.get(name)) for d in data])
-    return bench.md_table(["Δm (ratio) vs experts"] + cols, rows)
+    return md_table(["Δm (ratio) vs experts"] + cols, rows)
 
 
 def reading_md(runs: list[dict], paper: dict | None) -> tuple[list[str], dict]:
+    """The "Reading" section's Markdown lines, and ``{profile: [claim results]}`` (each claim's dict of
+    :func:`evaluate_claims` plus its ``scope``)."""
+    paper_keys = paper_for_set(paper)
+    small_set, big_set = PAIR_SETS
     out = ["## Reading: which of the paper's findings hold here", "",
            "Each claim below is one predicate applied to our Δm (ratio form, the paper's convention) and to the "
            "paper's Δ_MTL; nyu3 is set against Table 1 (NYUv2, same three tasks) and diverse5 against Table 3 "
@@ -437,19 +481,19 @@ def reading_md(runs: list[dict], paper: dict | None) -> tuple[list[str], dict]:
         items = []
         for set_name in TASK_SETS:
             d = deltas_of(run["sets"].get(set_name))
-            pd = paper_deltas(paper, PAPER_FOR_SET[set_name])
+            pd = paper_deltas(paper, paper_keys.get(set_name))
             res = evaluate_claims(SINGLE_CLAIMS, None if d is None else (d,), None if pd is None else (pd,))
             for r in res:
                 r["scope"] = set_name
             items += res
-            out += [f"**{set_name}** against {PAPER_FOR_SET[set_name].replace('table', 'Table ')}:", "",
+            out += [f"**{set_name}** against {table_name(paper_keys.get(set_name))}:", "",
                     findings_table(res), ""]
-        small, big = deltas_of(run["sets"].get("nyu3")), deltas_of(run["sets"].get("diverse5"))
-        ps, pb = paper_deltas(paper, "table1"), paper_deltas(paper, "table3")
+        small, big = deltas_of(run["sets"].get(small_set)), deltas_of(run["sets"].get(big_set))
+        ps, pb = paper_deltas(paper, paper_keys.get(small_set)), paper_deltas(paper, paper_keys.get(big_set))
         res = evaluate_claims(PAIR_CLAIMS, None if small is None or big is None else (small, big),
                               None if ps is None or pb is None else (ps, pb))
         for r in res:
-            r["scope"] = "nyu3 → diverse5"
+            r["scope"] = f"{small_set} → {big_set}"
         items += res
         out += ["**More and more diverse tasks** (ours: nyu3 → diverse5; paper: Table 1 NYUv2 → Table 3 Taskonomy):",
                 "", findings_table(res), ""]
@@ -486,19 +530,21 @@ def reading_md(runs: list[dict], paper: dict | None) -> tuple[list[str], dict]:
 # Cost table (Table 4 format) from our runs
 # ----------------------------------------------------------------------------------------------
 def cost_md(runs: list[dict], paper: dict | None) -> list[str]:
+    """The "Cost against joint MTL" section's Markdown lines: our Table 4 per run and task set
+    (:func:`benchmarks.table4.markdown`), then the paper's percentages of MTL."""
     out = ["## Cost against joint MTL (Table 4 format)", ""]
     p4 = paper["tables"].get("table4") if paper else None
     for run in runs:
         if not run["sets"]:
             continue
-        t4 = bench.table4_from_run(Path(run["run_dir"]), run["profile"])
+        t4 = table4.run(Path(run["run_dir"]), run["profile"])
         out += [f"### {run['profile']} profile", ""]
         for set_name, s in run["sets"].items():
             one = {"run_dir": t4["run_dir"], "sets": [x for x in t4["sets"] if x["tasks"] == "+".join(s["tasks"])]}
             src = one["sets"][0].get("D_source", "the profile") if one["sets"] else "the profile"
             out += [f"**{set_name}.** {provenance(run, s, set_name)} \\|D\\| = distinct labelled images, "
                     f"from {src}.", "",
-                    bench.table4_markdown(one), ""]
+                    table4.markdown(one), ""]
     if p4:
         mtl = p4["rows"]["mtl"]
         out += ["Paper (Table 4, Taskonomy), as % of MTL: " + "; ".join(
@@ -514,6 +560,9 @@ def cost_md(runs: list[dict], paper: dict | None) -> list[str]:
 # Benchmarks from bench.json
 # ----------------------------------------------------------------------------------------------
 def bench_md(b: dict | None, path: str) -> list[str]:
+    """The "Benchmarks" section's Markdown lines from a bench.json (``b``): environment, course timings,
+    scenes, merging (with how memory is measured and a reading) and head realignment; "not run" for
+    what is missing."""
     out = ["## Benchmarks (`benchmarks/bench.py`)", ""]
     if not b:
         return out + [f"{NOT_RUN}: `{path}` not found. Produce it with `make bench` "
@@ -525,16 +574,16 @@ def bench_md(b: dict | None, path: str) -> list[str]:
             f"commit `{(e.get('commit') or '?')[:12]}`{' (uncommitted changes)' if e.get('dirty') else ''}. "
             f"Command: `{b.get('command', 'python benchmarks/bench.py')}`"
             + (" (**quick mode: tiny sizes, not representative**)" if b.get("quick") else "") + ".", ""]
-    sections = [("Scenes rendering", "scenes", bench.scenes_markdown),
-                ("Merging a ViT-B-sized encoder", "merging", bench.merging_markdown),
+    sections = [("Scenes rendering", "scenes", scenes_rate.markdown),
+                ("Merging a ViT-B-sized encoder", "merging", merging_cost.markdown),
                 ("Head realignment: cached features vs the encoder every step", "head_realign",
-                 bench.head_realign_markdown)]
+                 head_realign.markdown)]
     out += ["### Course notebooks against their budgets", ""]
     course = b.get("course") or {}
     if not course:
         out += [f"{NOT_RUN} (bench ran with `--skip-course` and found no earlier complete course run).", ""]
     for p, sec in course.items():
-        out += [bench.course_markdown(sec), ""]
+        out += [course_time.profile_markdown(sec), ""]
     for title, key, render in sections:
         out += [f"### {title}", ""]
         sec = b.get(key)
@@ -544,41 +593,19 @@ def bench_md(b: dict | None, path: str) -> list[str]:
             continue
         out += [render(sec), ""]
         if key == "merging":
-            out += ["Memory is the peak resident-set growth of a fresh Python process while it merges, its "
-                    "inputs (θ_0 and the task vectors) already allocated: the kernel's peak counter is reset "
-                    "just before the merge (`/proc/self/clear_refs`), and glibc's mmap threshold is fixed at "
-                    "64 KiB so that freed tensors go back to the OS and the figure follows the merge's live "
-                    "tensors (result and temporaries) instead of allocator caching, which otherwise adds a "
-                    "varying amount. tracemalloc would miss torch's CPU tensors. \"× encoder\" divides by one "
-                    "float32 encoder. Cold time: the first run, every buffer freshly mapped; warm time: best "
-                    "of two further runs with glibc's usual thresholds (only for merges under 10 s).", ""]
-            out += merging_reading(sec)
+            out += [merging_cost.METHOD_NOTE, ""]
+            out += merging_cost.reading(sec)
     return out
-
-
-def merging_reading(sec: dict) -> list[str]:
-    rows = [r for r in sec["rows"] if "error" not in r]
-    if not rows:
-        return []
-    lines = []
-    for m in bench.MERGE_METHODS:
-        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["n_tasks"])
-        if not rs:
-            continue
-        lo, hi = rs[0], rs[-1]
-        lines.append(f"- {bench.MERGE_LABELS[m]}: peak {lo['peak_extra_x_encoder']:.2f}× an encoder at "
-                     f"{lo['n_tasks']} tasks" + (f", {hi['peak_extra_x_encoder']:.2f}× at {hi['n_tasks']}; "
-                                                  f"cold {lo['wall_cold_s']:.2f} s → {hi['wall_cold_s']:.2f} s"
-                                                  if hi is not lo else f", cold {lo['wall_cold_s']:.2f} s")
-                     + f" (it reads inputs of {1 + lo['n_tasks']}"
-                     + (f"–{1 + hi['n_tasks']}" if hi is not lo else "") + "× an encoder)")
-    return lines + [""]
 
 
 # ----------------------------------------------------------------------------------------------
 # Document
 # ----------------------------------------------------------------------------------------------
 def render(run_dirs: list[tuple[str, str]], bench_path: str, paper_path: str, argv_text: str) -> tuple[str, dict]:
+    """The whole document and the claim results per profile (``{profile: [claim dict]}``).
+
+    ``run_dirs``: ``[(profile, run dir)]``; ``argv_text``: the command shown in the header. Paths under
+    the repository are printed relative to it."""
     paper = load_json(paper_path)
     runs_all = [load_run(d, p) for p, d in run_dirs]
     runs = [r for r in runs_all if r["sets"]]
@@ -592,7 +619,7 @@ def render(run_dirs: list[tuple[str, str]], bench_path: str, paper_path: str, ar
              "Δm (ratio) = mean per-task normalised performance − 1 against the experts (the form the paper's "
              "tables print); Δm (Eq. 2) is the paper's formula, shown alongside.", ""]
     reading, items = reading_md(runs, paper)
-    lines += our_results_md([r for r in runs_all if r["sets"] or r["profile"] == "cpu"], None)
+    lines += our_results_md([r for r in runs_all if r["sets"] or r["profile"] == "cpu"])
     lines += reading
     lines += cost_md(runs, paper)
     lines += bench_md(b, bench_path)
@@ -602,11 +629,12 @@ def render(run_dirs: list[tuple[str, str]], bench_path: str, paper_path: str, ar
 
 
 def main(argv=None) -> str:
+    """Parse the command line, render the document, write it atomically to ``--out`` and return it."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run-dir", default="runs/cpu-0", help="cpu-profile run directory (results/table-*.json)")
     ap.add_argument("--gpu-run-dir", default="runs/gpu-0", help="gpu-profile run directory, used where present")
     ap.add_argument("--bench", default="runs/bench/bench.json")
-    ap.add_argument("--paper", default=str(HERE / "paper_tables.json"))
+    ap.add_argument("--paper", default=str(PAPER_TABLES))
     ap.add_argument("--out", default="docs/results.md")
     args = ap.parse_args(argv)
     shown = ["python benchmarks/render_results.py", "--run-dir", args.run_dir, "--bench", args.bench]
@@ -616,11 +644,7 @@ def main(argv=None) -> str:
     if Path(args.gpu_run_dir).exists():
         run_dirs.append(("gpu", args.gpu_run_dir))
     doc, _ = render(run_dirs, args.bench, args.paper, " ".join(shown))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(doc)
-    tmp.replace(out)
+    out = write_text_atomic(Path(args.out), doc)
     print(f"wrote {out} ({len(doc.splitlines())} lines)")
     return doc
 

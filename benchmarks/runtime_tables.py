@@ -20,6 +20,9 @@ ENCODERS = {"smoke": "4 blocks, width 48, 32 px", "cpu": "8 blocks, width 128, 6
 
 
 def runtime_cell(name: str, smoke: dict, cpu: dict, date: str) -> str:
+    """The Markdown source of notebook ``name``'s "## Runtime" cell: its measured seconds per profile
+    (``smoke``/``cpu``: ``{notebook: seconds}``), the whole cpu course in minutes, and how ``date``'s
+    figures were measured."""
     def cell(rt, profile):
         return f"{rt[name]:.0f} s" if name in rt else "not measured"
     cpu_total = sum(cpu.values())
@@ -37,6 +40,7 @@ def runtime_cell(name: str, smoke: dict, cpu: dict, date: str) -> str:
 
 
 def main(argv=None) -> None:
+    """Rewrite the "## Runtime" cell of every course notebook from the two runtimes.json files."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", required=True)
     ap.add_argument("--cpu", required=True)

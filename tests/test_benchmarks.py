@@ -1,4 +1,4 @@
-"""Tests of benchmarks/bench.py and benchmarks/render_results.py (fast: quick sizes, no course run).
+"""Tests of the benchmarks package (driver, sections, results document; fast: quick sizes, no course run).
 
 - the hand-built ViT shape table matches timm's VisionTransformer;
 - ``bench.py --quick`` writes a complete bench.json (schema, environment, every section) atomically, and
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+if str(REPO) not in sys.path:              # `pytest` (not `python -m pytest`) does not put the checkout on it
+    sys.path.insert(0, str(REPO))
 
-import bench  # noqa: E402
-import render_results  # noqa: E402
+from benchmarks import bench, common, course_time, merging_cost, render_results, table4  # noqa: E402
 
 from simo_lite.metrics import delta_m, normalized_performance  # noqa: E402
 from simo_lite.tasks import lower_is_better  # noqa: E402
@@ -84,9 +84,34 @@ def _write_run(run_dir: Path, nyu=NYU_DELTAS, diverse=None) -> Path:
 # ----------------------------------------------------------------------------------------------
 def test_vit_shapes_match_timm():
     from timm.models.vision_transformer import VisionTransformer
-    model = VisionTransformer(**bench.QUICK_SHAPES, num_heads=4, num_classes=0)
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == bench.vit_shapes(**bench.QUICK_SHAPES)
-    assert bench.n_params(bench.vit_shapes()) == 85_798_656          # ViT-B/16, no classifier
+    model = VisionTransformer(**merging_cost.QUICK_SHAPES, num_heads=4, num_classes=0)
+    shapes = merging_cost.vit_shapes(**merging_cost.QUICK_SHAPES)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
+    assert merging_cost.n_params(merging_cost.vit_shapes()) == 85_798_656          # ViT-B/16, no classifier
+
+
+def test_merge_cases_come_from_the_registry():
+    """The cases' labels are the registry's, and each runs the merge the library runs."""
+    from simo_lite import merging
+    assert list(merging_cost.CASES) == ["ta", "ties_k0.2", "ties_k1.0", "tall_masks", "tall_one_task"]
+    assert merging_cost.label("ta") == merging.MERGE_METHODS["ta"].label
+    assert merging_cost.label("ties_k0.2") == f"{merging.MERGE_METHODS['ties'].label} (k=0.2)"
+    shapes = merging_cost.vit_shapes(embed_dim=8, depth=1, patch_size=8, img_size=16)
+    pretrained, tvs = merging_cost._random_state_dicts(shapes, 2)
+    expected = {"ta": merging.task_arithmetic(pretrained, tvs, alpha=0.3),
+                "ties_k0.2": merging.ties(pretrained, tvs, k=0.2, alpha=1.0),
+                "ties_k1.0": merging.ties(pretrained, tvs, k=1.0, alpha=1.0),
+                "tall_masks": merging.tall_masks(tvs, lam=0.6),
+                "tall_one_task": merging.tall_merged(pretrained, tvs, "task0", lam=0.6)}
+    for name, case in merging_cost.CASES.items():
+        got = case.build(pretrained, tvs)()
+        want = expected[name]
+        flat = (lambda d: {(t, k): v for t, sd in d.items() for k, v in sd.items()}) if name == "tall_masks" \
+            else (lambda d: d)
+        assert flat(got).keys() == flat(want).keys() and all(
+            (flat(got)[k] == flat(want)[k]).all() for k in flat(want)), name
+    with pytest.raises(ValueError, match="valid: ta, ties_k0.2"):
+        merging_cost.case("dare")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +130,7 @@ def test_bench_json_schema(quick_bench):
     assert out.exists() and not list(out.parent.glob("*.tmp")), "bench.json must be written atomically"
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(result, default=float))
-    assert data["schema"] == bench.SCHEMA_VERSION and data["quick"] is True and data["errors"] == {}
+    assert data["schema"] == common.SCHEMA_VERSION and data["quick"] is True and data["errors"] == {}
     env = data["env"]
     for key in ("date", "hostname", "cpu_count", "torch", "device", "commit", "dirty"):
         assert key in env, key
@@ -121,7 +146,7 @@ def test_bench_json_schema(quick_bench):
 def test_merging_numbers_are_sane(quick_bench):
     sec = quick_bench[0]["merging"]
     enc = sec["encoder_bytes"]
-    assert enc == 4 * bench.n_params(bench.vit_shapes(**bench.QUICK_SHAPES))
+    assert enc == 4 * merging_cost.n_params(merging_cost.vit_shapes(**merging_cost.QUICK_SHAPES))
     rows = {r["method"]: r for r in sec["rows"]}
     assert set(rows) == {"ta", "ties_k0.2", "tall_masks"}
     for m, r in rows.items():
@@ -159,31 +184,49 @@ def test_table4_from_results(quick_bench):
     assert rows["ta+repr"]["pct_of_mtl"]["wall_s"] == pytest.approx(10.0)
     assert rows["experts"]["per_expert_steps"] == pytest.approx(300)
     assert rows["ta+head"]["delta_m_ratio"] == pytest.approx(-0.06)
-    assert "\\|D\\|" in bench.table4_markdown(quick_bench[0]["table4"])  # pipes escaped in Markdown
+    assert "\\|D\\|" in table4.markdown(quick_bench[0]["table4"])  # pipes escaped in Markdown
+    assert table4.rows_with_cost() == ("experts", "mtl", "ta+head", "ta+repr", "ta+lora", "ties+head", "ties+repr",
+                                       "ties+lora")
 
 
 def test_course_timings_budget_and_reuse(tmp_path, monkeypatch):
-    names = bench.notebook_names()
+    names = course_time.notebook_names()
     run_dir = tmp_path / "course-smoke"
     run_dir.mkdir()
     times = {n: 10.0 + i for i, n in enumerate(names)}
-    times[names[-1]] = bench.SMOKE_BUDGET_S + 5
+    times[names[-1]] = common.BUDGETS["smoke_notebook_s"] + 5
     (run_dir / "runtimes.json").write_text(json.dumps(dict(list(times.items())[:-1])))
-    assert bench.read_course_timings("smoke", run_dir) is None         # incomplete run
+    assert course_time.read_timings("smoke", run_dir) is None         # incomplete run
     (run_dir / "runtimes.json").write_text(json.dumps(times))
-    sec = bench.read_course_timings("smoke", run_dir)
+    sec = course_time.read_timings("smoke", run_dir)
     assert [r["pass"] for r in sec["rows"]] == [True] * (len(names) - 1) + [False]
     assert sec["total_s"] == pytest.approx(sum(times.values())) and sec["total_pass"] is False
-    assert "FAIL" in bench.course_markdown(sec)
+    assert "FAIL" in course_time.profile_markdown(sec)
 
-    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("a complete run must be reused"))
-    assert bench.run_course("smoke", run_dir)["reused"] is True
+    monkeypatch.setattr(course_time.subprocess, "run", lambda *a, **k: pytest.fail("a complete run must be reused"))
+    assert course_time.run_profile("smoke", run_dir)["reused"] is True
 
     cpu = tmp_path / "course-cpu"
     cpu.mkdir()
-    (cpu / "runtimes.json").write_text(json.dumps({n: bench.CPU_COURSE_BUDGET_S / (len(names) + 1) for n in names}))
-    sec = bench.read_course_timings("cpu", cpu)
-    assert sec["total_pass"] is True and sec["total_budget_s"] == bench.CPU_COURSE_BUDGET_S
+    budget = common.BUDGETS["cpu_course_s"]
+    (cpu / "runtimes.json").write_text(json.dumps({n: budget / (len(names) + 1) for n in names}))
+    sec = course_time.read_timings("cpu", cpu)
+    assert sec["total_pass"] is True and sec["total_budget_s"] == budget
+    assert {r["budget_s"] for r in sec["rows"]} == {None}                # no per-notebook budget in cpu
+
+
+def test_sections_and_script_entry_points():
+    """Every section module has run and markdown; both scripts start as files and as modules."""
+    import subprocess
+    from benchmarks import head_realign, scenes_rate
+    for mod in (scenes_rate, course_time, merging_cost, head_realign, table4):
+        assert callable(mod.run) and callable(mod.markdown), mod.__name__
+    cmds = [[sys.executable, "benchmarks/bench.py", "--help"], [sys.executable, "-m", "benchmarks.render_results",
+                                                                "--help"]]
+    procs = [subprocess.Popen(c, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    for c, proc in zip(cmds, procs):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "usage:" in out, (c, err)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,7 +240,7 @@ def _half_ulp(v: float) -> float:
 
 
 def test_paper_tables_are_consistent():
-    paper = json.loads((REPO / "benchmarks" / "paper_tables.json").read_text())
+    paper = json.loads(common.PAPER_TABLES.read_text())
     for key in ("table1", "table2", "table3"):
         tab = paper["tables"][key]
         tasks = [t["key"] for t in tab["tasks"]]
@@ -258,7 +301,7 @@ def test_render_from_synthetic_results(tmp_path, quick_bench):
 
 def _claims(run_dir, tmp_path, bench_path):
     _, items = render_results.render([("cpu", str(run_dir))], str(bench_path),
-                                     str(REPO / "benchmarks" / "paper_tables.json"), "test")
+                                     str(common.PAPER_TABLES), "test")
     return items["cpu"]
 
 
