@@ -118,6 +118,51 @@ def _state_dict_of(path: Path) -> dict[str, torch.Tensor]:
     return load_state_dict(str(path), weights_only=True)
 
 
+# torch.save's file formats: a zip archive (torch >= 1.6) or a legacy pickle stream (protocol 2+)
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _check_file_format(path: Path) -> None:
+    """Reject a weights file that is not even the container its suffix claims, naming the file.
+
+    A torch file (.pth / .pt / .bin) must be a zip archive or a pickle stream; a .safetensors file
+    must start with an 8-byte header length and a JSON header. Random bytes, HTML error pages,
+    truncated downloads or empty files stop here with a message that says so, instead of torch's
+    unpickler errors (whose advice to load with ``weights_only=False`` would be wrong, and unsafe)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if path.suffix == ".safetensors":
+        n = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+        if size < 10 or not 2 <= n <= size - 8 or head[8:9] != b"{":
+            raise BackboneError(f"weights file {path} is not a valid safetensors file ({size:,} bytes; "
+                                f"expected an 8-byte header length and a JSON header): truncated, or another "
+                                f"format renamed? Re-download or re-export it")
+        return
+    is_zip = head[:4] in _ZIP_MAGIC
+    is_pickle = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    if not (is_zip or is_pickle):
+        raise BackboneError(f"weights file {path} is not a valid PyTorch checkpoint ({size:,} bytes, first bytes "
+                            f"{head[:8].hex(' ')}): neither a torch.save zip archive nor a pickle. Is it truncated, "
+                            f"or another format with a {path.suffix} name? Re-download it, or save the state dict "
+                            f"again with torch.save(model.state_dict(), ...) or safetensors")
+
+
+def _torch_error(e: BaseException) -> str:
+    """torch's load error without its advice to retry with weights_only=False (never a fix here:
+    simo_lite loads weights only and does not run pickled code)."""
+    msg = f"{type(e).__name__}: {e}"
+    if "weights_only" in msg:
+        first = msg.split("\n")[0]
+        keep = [part for part in first.replace("weights_only=True blocked", "blocked").split(". ")
+                if "weights_only" not in part and "unsafe" not in part.lower()]
+        msg = ". ".join(keep).rstrip(".") + (". The file holds pickled Python objects other than tensors; "
+                                             "simo_lite loads weights only (no pickled code): save a plain "
+                                             "state dict of tensors (torch.save(model.state_dict(), ...)) or "
+                                             "convert it to safetensors")
+    return msg
+
+
 def _describe_mismatch(name: str, path: Path, img_size, kwargs: dict, cause: BaseException | str) -> BackboneError:
     """A BackboneError naming the file and a few missing / unexpected keys and shape mismatches."""
     with torch.device("meta"):
@@ -132,7 +177,8 @@ def _describe_mismatch(name: str, path: Path, img_size, kwargs: dict, cause: Bas
             pass
         found = {k: tuple(v.shape) for k, v in sd.items() if torch.is_tensor(v)}
     except Exception as e:  # noqa: BLE001
-        return BackboneError(f"weights file {path} could not be read as a state dict for {name!r}: {e}")
+        return BackboneError(f"weights file {path} could not be read as a state dict for {name!r}: "
+                             f"{_torch_error(e)}")
     head = ("head.", "fc_norm.")  # classifier weights are dropped by design (num_classes=0)
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected and not k.startswith(head)]
@@ -149,7 +195,8 @@ def _describe_mismatch(name: str, path: Path, img_size, kwargs: dict, cause: Bas
     if shapes:
         parts.append(f"{len(shapes)} shape mismatch(es), e.g. " + ", ".join(
             f"{k}: file {found[k]}, model expects {expected[k]}" for k in shapes[:5]) + ".")
-    lines = [ln.strip() for ln in str(cause).strip().splitlines()
+    text = _torch_error(cause) if isinstance(cause, BaseException) else cause
+    lines = [ln.strip() for ln in text.strip().splitlines()
              if ln.strip() and not ln.startswith("Error(s) in loading")]
     first = (lines[0][:200] + ("..." if len(lines[0]) > 200 else "")) if lines else type(cause).__name__
     parts.append(f"Is the model name (and are its kwargs) right for this file? (timm: {first})")
@@ -177,8 +224,9 @@ def load_backbone(name: str, weights: str | Path, img_size=None, **kwargs) -> nn
 
     Raises:
         FileNotFoundError: ``weights`` is not a file (the message names it).
-        BackboneError (a ValueError): the file does not fit the architecture; the message names the
-            file and lists a few missing / unexpected keys and mismatched shapes.
+        BackboneError (a ValueError): the file does not fit the architecture (the message names the
+            file and lists a few missing / unexpected keys and mismatched shapes), or it is not a
+            valid safetensors / PyTorch file at all (random bytes, truncated, another format).
     """
     _check_name(name)
     path = Path(weights).expanduser()
@@ -188,6 +236,7 @@ def load_backbone(name: str, weights: str | Path, img_size=None, **kwargs) -> nn
     if path.suffix not in WEIGHT_SUFFIXES:
         raise BackboneError(f"weights file {path}: unknown format {path.suffix!r}; expected one of "
                             f"{', '.join(WEIGHT_SUFFIXES)}")
+    _check_file_format(path)
     if img_size is not None:
         patch = backbone_dims(name, **kwargs)["patch_size"]
         hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -207,7 +256,7 @@ def load_backbone(name: str, weights: str | Path, img_size=None, **kwargs) -> nn
             raise
         raise _describe_mismatch(name, path, img_size, kwargs, e) from e
     except Exception as e:  # noqa: BLE001 - e.g. a corrupt file
-        raise BackboneError(f"weights file {path} could not be loaded for {name!r}: {type(e).__name__}: {e}") from e
+        raise BackboneError(f"weights file {path} could not be loaded for {name!r}: {_torch_error(e)}") from e
     finally:
         logger.removeHandler(capture)
         logger.setLevel(old_level)

@@ -1,7 +1,10 @@
 """One experiment = one profile, seed and task set: experts, MTL, merges, fixes, and the results table.
 
-Every expensive piece is cached in the run directory (models by config hash, table rows as JSON),
-so the notebooks can each call what they need and a later notebook reuses what an earlier one built.
+Every expensive piece is an artifact in the run directory's store (:mod:`simo_lite.store`): models,
+alpha sweeps and table rows are stored under keys that chain the keys of their inputs (data ->
+foundation -> experts -> merges -> alpha sweeps -> fixes -> rows), so the notebooks can each call what
+they need, a later notebook reuses what an earlier one built, and a change anywhere upstream (new
+data, another expert recipe) recomputes everything downstream of it, with the reason logged.
 
     exp = Experiment.from_course(ctx, "nyu3")
     exp.experts()                      # {task: (model, record)}, trained or loaded
@@ -11,24 +14,29 @@ so the notebooks can each call what they need and a later notebook reuses what a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 import torch
 
-from . import checkpoints as ckpt
 from . import merging
+from . import store as st
 from .foundation import load_foundation
 from .metrics import delta_m, normalized_performance
 from .models import SimoModel
 from .profiles import Profile
 from .realign import head_realign, representation_realign
-from .scenes import VERSION as SCENES_VERSION
 from .tasks import get_task, get_tasks, lower_is_better
-from .training import RunRecord, build_model, evaluate, load_data, train_expert, train_mtl
+from .training import (RunRecord, build_model, evaluate, expert_artifact, load_data, mtl_artifact, train_expert,
+                       train_mtl)
 
 __all__ = ["Experiment", "ROWS"]
+
+ROW_VERSION = 2        # of the row computation (part of every row's key)
+ALPHA_VERSION = 3      # of the alpha sweep (part of every sweep's key)
+COST_FIELDS = ("steps", "samples", "trainable_params", "wall_s")
 
 # rows of the results table, in the paper's Table 1 order (+ TALL and the LoRA variant)
 ROWS = ("experts", "mtl", "zeroshot", "ta", "ties", "tall", "ta+head", "ta+repr", "ta+lora", "ties+head",
@@ -47,15 +55,19 @@ class Experiment:
                 raise ValueError(f"dataset {profile.dataset!r} has no labels for {missing}; its tasks: "
                                  f"{', '.join(DATASET_TASKS[profile.dataset])}")
         self.run_dir = Path(run_dir)
+        self.store = st.Store(self.run_dir)
         self.ties_k, self.adapter_rank = ties_k, adapter_rank
         self.data = load_data(profile, seed, progress=progress)
+        self.data_key = st.data_key(self.data)          # train / val / test tensors (before val_realign)
         if realign_samples is not None:
             if not 1 <= realign_samples <= profile.n_val:
                 raise ValueError(f"realign_samples must be in 1..{profile.n_val} (the val split), got {realign_samples}")
             self.data["val_realign"] = {k: v[:realign_samples] for k, v in self.data["val"].items()}
         else:
             self.data["val_realign"] = self.data["val"]
-        self.foundation, self.foundation_hash = load_foundation(profile, self.run_dir, seed, self.device, progress)
+        self.foundation, self.foundation_hash = load_foundation(profile, self.run_dir, seed, self.device, progress,
+                                                                data=self.data)
+        self.foundation_key = st.foundation_key(self.foundation_hash, self.foundation)
         self._experts: dict = {}
         self._alphas: dict = {}
         self._tvs: dict = {}
@@ -68,9 +80,23 @@ class Experiment:
     # -- experts and baselines -----------------------------------------------------------------
     def expert(self, task: str) -> tuple[SimoModel, RunRecord]:
         if task not in self._experts:
-            self._experts[task] = train_expert(task, self.foundation, self.foundation_hash, self.profile, self.data,
-                                               self.run_dir, self.seed, self.device, self.progress)
+            self._experts[task] = train_expert(task, self.foundation, self.foundation_key, self.profile, self.data,
+                                               self.run_dir, self.seed, self.device, self.progress,
+                                               data_key=self.data_key)
         return self._experts[task]
+
+    def expert_artifact(self, task: str) -> st.Artifact:
+        """The store artifact of ``task``'s expert (its key), without training it."""
+        return expert_artifact(task, self.foundation_key, self.profile, self.seed, self.data_key)
+
+    def mtl_artifact(self) -> st.Artifact:
+        return mtl_artifact(self.tasks, self.foundation_key, self.profile, self.seed, self.data_key)
+
+    def _upstream(self, tasks=None) -> dict[str, str]:
+        """Keys every derived artifact depends on: the data, the foundation and each expert."""
+        tasks = get_tasks(tasks) if tasks is not None else self.tasks
+        return {"data": self.data_key, "foundation": self.foundation_key,
+                **{f"expert-{t}": self.expert_artifact(t).key for t in tasks}}
 
     def experts(self) -> dict[str, tuple[SimoModel, RunRecord]]:
         return {t: self.expert(t) for t in self.tasks}
@@ -80,8 +106,8 @@ class Experiment:
         return {t: self.expert(t)[1].metrics[split][t] for t in self.tasks}
 
     def mtl(self) -> tuple[SimoModel, RunRecord]:
-        return train_mtl(self.tasks, self.foundation, self.foundation_hash, self.profile, self.data, self.run_dir,
-                         self.seed, self.device, self.progress)
+        return train_mtl(self.tasks, self.foundation, self.foundation_key, self.profile, self.data, self.run_dir,
+                         self.seed, self.device, self.progress, data_key=self.data_key)
 
     def task_vectors(self, tasks=None) -> dict[str, dict]:
         tasks = get_tasks(tasks) if tasks is not None else self.tasks
@@ -117,17 +143,26 @@ class Experiment:
         """Validation metrics of the merged model at every alpha: {alpha: {task: metric}}.
 
         One merge and one evaluation on the validation split per grid point; cached in memory and
-        in ``run_dir/alphas`` (a later notebook reuses an earlier notebook's sweep)."""
+        in ``run_dir/alphas`` (a later notebook reuses an earlier notebook's sweep) under a key that
+        chains the experts' keys (:meth:`alpha_artifact`); a stale or damaged file is recomputed."""
         tasks = get_tasks(tasks) if tasks is not None else self.tasks
         kw.setdefault("ties_k", self.ties_k)
         key = json.dumps([method, tasks, [float(a) for a in grid], kw], sort_keys=True)
         if key in self._alphas:
             return self._alphas[key]
-        path = self._cache_path("alpha", {"key": key, "val": len(self.data["val"]["image"]), "version": 2})
-        if path.exists():
-            cached = json.loads(path.read_text())
-            self._alphas[key] = {float(a): m for a, m in cached["val_metrics"].items()}
-            return self._alphas[key]
+        art = self.alpha_artifact(method, grid, tasks, **kw)
+        path = self.store.path("alphas", art)
+        cached = self.store.read_json(path, art, require=("val_metrics",))
+        if cached is not None:
+            try:
+                self._alphas[key] = {float(a): {t: float(m[t]) for t in tasks}
+                                     for a, m in cached["val_metrics"].items()}
+                if set(self._alphas[key]) == {float(a) for a in grid}:
+                    return self._alphas[key]
+                self.store.miss(art, f"corrupt file alphas/{path.name}: its alphas are not the grid's")
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                self.store.miss(art, f"corrupt file alphas/{path.name}: bad val_metrics ({type(e).__name__}: {e})")
+            self._alphas.pop(key, None)
         tvs = self.task_vectors(tasks)
         sweep = {}
         for alpha in grid:
@@ -135,8 +170,22 @@ class Experiment:
                                     tasks)
             sweep[float(alpha)] = self.evaluate(model, "val", tasks)
         self._alphas[key] = sweep
-        _write_json(path, {"method": method, "tasks": list(tasks), "kw": kw, "val_metrics": sweep})
+        self.store.write_json(path, {"method": method, "tasks": list(tasks), "kw": kw, "val_metrics": sweep}, art)
         return sweep
+
+    def alpha_artifact(self, method: str = "ta", grid=merging.ALPHA_GRID, tasks=None, **kw) -> st.Artifact:
+        """The store artifact of an alpha sweep: method, grid, settings + data, foundation, experts."""
+        tasks = get_tasks(tasks) if tasks is not None else self.tasks
+        kw.setdefault("ties_k", self.ties_k)
+        cfg = {"method": method, "tasks": list(tasks), "grid": [float(a) for a in grid], "kw": kw,
+               "seed": self.seed, "profile": self.profile.to_dict(), "version": ALPHA_VERSION}
+        return st.Artifact("alpha", f"{'+'.join(tasks)}-{method}", cfg, self._upstream(tasks))
+
+    def merge_artifact(self, method: str) -> st.Artifact:
+        """The merged model of :meth:`merged_model`: ``method`` at the alpha its default sweep selects."""
+        return st.Artifact("merge", f"{'+'.join(self.tasks)}-{method}",
+                           {"method": method, "ties_k": self.ties_k, "seed": self.seed},
+                           {**self._upstream(), f"alpha-{method}": self.alpha_artifact(method).key})
 
     def select_alpha(self, method: str = "ta", grid=merging.ALPHA_GRID, tasks=None, **kw) -> tuple[float, dict]:
         """Best alpha on the validation split (ratio Δm against the experts' validation metrics).
@@ -235,6 +284,8 @@ class Experiment:
                             device=self.device, progress=self.progress, cached=cached)
 
     def repr_realigned(self, model: SimoModel, kind: str = "block", rank: int | None = None, steps: int | None = None):
+        """Representation realignment of ``model`` on the realignment split, cached in ``run_dir/realign``
+        under a key that chains ``model``'s weights (content fingerprint) and the split's key."""
         return representation_realign(model, self.data["val_realign"], self.tasks, rank=rank or self.adapter_rank,
                                       kind=kind, steps=steps or self.profile.realign_steps,
                                       lr=self.profile.lr_finetune * 2, batch_size=self.profile.batch_size,
@@ -243,24 +294,41 @@ class Experiment:
 
     # -- the table ----------------------------------------------------------------------------
     def _cache_path(self, kind: str, extra: dict) -> Path:
-        """run_dir/<kind>s/<tasks>-<hash>.json for a result that depends on this experiment's set-up."""
-        cfg = {"tasks": self.tasks, "profile": self.profile.to_dict(), "seed": self.seed,
-               "foundation": self.foundation_hash, "scenes_version": SCENES_VERSION, **extra}
-        return self.run_dir / f"{kind}s" / f"{'+'.join(self.tasks)}-{ckpt.config_hash(cfg)}.json"
+        """run_dir/<kind>s/<tasks>-<key>.json for a result of this experiment's set-up (data, foundation,
+        experts) and ``extra`` settings."""
+        art = st.Artifact(kind, "+".join(self.tasks), {"tasks": list(self.tasks), "profile": self.profile.to_dict(),
+                                                       "seed": self.seed, **extra}, self._upstream())
+        return self.store.path(f"{kind}s", art)
 
-    def _row_path(self, name: str) -> Path:
-        cfg = {"row": name, "tasks": self.tasks, "profile": self.profile.to_dict(), "seed": self.seed,
-               "foundation": self.foundation_hash, "ties_k": self.ties_k, "rank": self.adapter_rank,
-               "n_realign": len(self.data["val_realign"]["image"]), "version": 1, "scenes_version": SCENES_VERSION}
-        return self.run_dir / "rows" / f"{'+'.join(self.tasks)}-{name}-{ckpt.config_hash(cfg)}.json"
-
-    def row(self, name: str) -> dict:
-        """One results-table row (cached as JSON): test metrics, normalised %, Δm both forms, cost."""
+    def row_artifact(self, name: str) -> st.Artifact:
+        """The store artifact of table row ``name``: its settings + the keys of everything it uses (data,
+        foundation, every expert; the MTL model for "mtl"; the merged model for merge and fix rows)."""
         if name not in ROWS:
             raise ValueError(f"unknown row {name!r}; valid: {', '.join(ROWS)}")
-        path = self._row_path(name)
-        if path.exists():
-            return json.loads(path.read_text())
+        cfg = {"row": name, "tasks": list(self.tasks), "profile": self.profile.to_dict(), "seed": self.seed,
+               "ties_k": self.ties_k, "rank": self.adapter_rank, "n_realign": len(self.data["val_realign"]["image"]),
+               "version": ROW_VERSION}
+        up = self._upstream()
+        method = name.partition("+")[0]
+        if name == "mtl":
+            up["mtl"] = self.mtl_artifact().key
+        elif method in ("ta", "ties"):
+            up[f"merge-{method}"] = self.merge_artifact(method).key
+        return st.Artifact("row", f"{'+'.join(self.tasks)}-{name}", cfg, up)
+
+    def _row_path(self, name: str) -> Path:
+        return self.store.path("rows", self.row_artifact(name))
+
+    def row(self, name: str) -> dict:
+        """One results-table row (cached as JSON): test metrics, normalised %, Δm both forms, cost.
+
+        A missing, stale (another key) or damaged row file is recomputed (the reason is logged)."""
+        art = self.row_artifact(name)
+        path = self.store.path("rows", art)
+        cached = self.store.read_json(path, art, require=("row", "metrics", "normalized", "delta_m_ratio",
+                                                            "delta_m_relative", "cost"))
+        if cached is not None:
+            return cached
         t0 = time.perf_counter()
         extra: dict = {}
         cost = RunRecord(name=name)
@@ -289,20 +357,19 @@ class Experiment:
         row = {"row": name, "tasks": list(self.tasks), "metrics": metrics,
                "normalized": self.normalized(metrics), "delta_m_ratio": self.score(metrics, kind="ratio"),
                "delta_m_relative": self.score(metrics, kind="relative"),
-               "cost": {k: getattr(cost, k) for k in ("steps", "samples", "trainable_params", "wall_s")},
+               "cost": {k: getattr(cost, k) for k in COST_FIELDS},
                "wall_s_total": time.perf_counter() - t0, **extra}
-        _write_json(path, row)
-        return row
+        self.store.write_json(path, row, art)
+        return json.loads(json.dumps(row, default=float))     # what a later read returns
 
     def results_table(self, rows=ROWS, write: bool = True) -> list[dict]:
         """Rows of the results table; writes results/table-<tasks>.{md,json} to the run directory."""
         table = [self.row(r) for r in rows]
         if write:
-            out = self.run_dir / "results"
-            out.mkdir(parents=True, exist_ok=True)
+            out = self.store.results_dir()
             name = "table-" + "+".join(self.tasks)
-            (out / f"{name}.json").write_text(json.dumps(table, indent=1, default=float))
-            (out / f"{name}.md").write_text(self.to_markdown(table))
+            st.write_json(out / f"{name}.json", table)
+            st.write_text(out / f"{name}.md", self.to_markdown(table))
         return table
 
     def training_table(self, write: bool = True) -> dict:
@@ -316,8 +383,8 @@ class Experiment:
             rows.append({"task": t, "metric": get_task(t).metric_name, "lower_is_better": self.lower[t],
                          "probe": rec.metrics["probe"][t], "expert": rec.metrics["test"][t],
                          "mtl": mtl_rec.metrics["test"][t],
-                         "cost": {k: getattr(rec, k) for k in ("steps", "samples", "trainable_params", "wall_s")}})
-        mtl_cost = {k: getattr(mtl_rec, k) for k in ("steps", "samples", "trainable_params", "wall_s")}
+                         "cost": {k: getattr(rec, k) for k in COST_FIELDS}})
+        mtl_cost = {k: getattr(mtl_rec, k) for k in COST_FIELDS}
         out = {"tasks": list(self.tasks), "profile": self.profile.name, "seed": self.seed, "rows": rows,
                "mtl_cost": mtl_cost}
         if write:
@@ -333,11 +400,10 @@ class Experiment:
             c = mtl_cost
             lines.append(f"| mtl | all | | | | | {c['steps']} | {c['samples']} | {c['trainable_params']:,} | "
                          f"{c['wall_s']:.0f} |")
-            res = self.run_dir / "results"
-            res.mkdir(parents=True, exist_ok=True)
+            res = self.store.results_dir()
             name = "training-" + "+".join(self.tasks)
-            (res / f"{name}.md").write_text("\n".join(lines) + "\n")
-            (res / f"{name}.json").write_text(json.dumps(out, indent=1, default=float))
+            st.write_text(res / f"{name}.md", "\n".join(lines) + "\n")
+            st.write_json(res / f"{name}.json", out)
         return out
 
     def to_markdown(self, table: list[dict]) -> str:
@@ -355,38 +421,102 @@ class Experiment:
 
 
 def _write_json(path: Path, obj) -> None:
-    """Atomic JSON write (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
+    """Atomic JSON write (kept for callers of the old name): :func:`simo_lite.store.write_json`."""
+    st.write_json(path, obj)
+
+
+def _parse_args(argv=None):
+    """Parse and validate every argument up front: (args, profile, task sets, device, run_dir).
+
+    Invalid values stop with ``error: ...`` naming the valid ones (argparse's exit status 2), before
+    any data is rendered or loaded."""
+    import argparse
+
+    from . import profiles as P
+    from .tasks import TASK_SETS, TASKS
+    ap = argparse.ArgumentParser(prog="python -m simo_lite.experiment",
+                                 description="Train what is missing and write the results tables to the run dir")
+    ap.add_argument("--profile", default="cpu", choices=sorted(P.PROFILES))
+    ap.add_argument("--tasks", nargs="+", default=["nyu3", "diverse5"],
+                    help=f"task sets ({', '.join(TASK_SETS)}) or comma-separated tasks ({', '.join(TASKS)})")
+    ap.add_argument("--seed", type=int, default=0, help="a non-negative integer")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    ap.add_argument("--run-dir", default=None, help="default: runs/<profile>-<seed> (runs/<profile>-<dataset>-<seed> "
+                                                     "for a real dataset), as the course names it")
+    ap.add_argument("--dataset", default="scenes", choices=P.DATASETS)
+    ap.add_argument("--data-dir", default="", help="folder of a real dataset (docs/real-data.md)")
+    ap.add_argument("--backbone", default="", help="timm model name of a pretrained ViT (with --weights)")
+    ap.add_argument("--weights", default="", help="local weights file of --backbone (nothing is downloaded)")
+    args = ap.parse_args(argv)
+
+    def fail(e) -> None:
+        ap.error(" ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()))
+
+    if args.seed < 0:
+        ap.error(f"--seed must be a non-negative integer, got {args.seed}")
+    try:
+        prof = P.validate(P.get(args.profile, dataset=args.dataset, data_dir=args.data_dir, backbone=args.backbone,
+                                weights=args.weights))
+        from .course import real_data_profile
+        prof = real_data_profile(prof)
+    except (ValueError, FileNotFoundError) as e:
+        fail(e)
+    if not prof.backbone and any(s % prof.patch_size for s in prof.input_hw):
+        ap.error(f"profile {prof.name!r}: image size {prof.input_hw} is not a multiple of patch_size "
+                 f"{prof.patch_size}")
+    task_sets = []
+    for spec in args.tasks:
+        try:
+            tasks = get_tasks(spec)
+        except ValueError as e:
+            fail(f"--tasks {spec!r}: {e}")
+        if prof.dataset != "scenes":
+            from .datasets import DATASET_TASKS
+            missing = [t for t in tasks if t not in DATASET_TASKS[prof.dataset]]
+            if missing:
+                ap.error(f"--tasks {spec!r}: dataset {prof.dataset!r} has no labels for {missing}; its tasks: "
+                         f"{', '.join(DATASET_TASKS[prof.dataset])}")
+        task_sets.append(spec)
+    try:
+        device = P.resolve_device(args.device)
+    except ValueError as e:
+        fail(f"--device: {e}")
+    from .course import default_run_dir
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(prof.name, args.seed, prof.dataset)
+    return args, prof, task_sets, device, run_dir
 
 
 def main(argv=None) -> None:
-    """``python -m simo_lite.experiment --profile cpu --tasks nyu3 diverse5``: every results table."""
-    import argparse
+    """``python -m simo_lite.experiment --profile cpu --tasks nyu3 diverse5``: every results table.
 
-    from .profiles import get, resolve_device, PROFILES
-    ap = argparse.ArgumentParser(description="Train what is missing and write the results tables to the run dir")
-    ap.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
-    ap.add_argument("--tasks", nargs="+", default=["nyu3", "diverse5"])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--run-dir", default=None, help="default: runs/<profile>-<seed>")
-    args = ap.parse_args(argv)
-    from .course import REPO
-    run_dir = Path(args.run_dir) if args.run_dir else REPO / "runs" / f"{args.profile}-{args.seed}"
-    for tasks in args.tasks:
-        t0 = time.perf_counter()
-        exp = Experiment(get(args.profile), tasks, args.seed, resolve_device(args.device), run_dir,
-                         progress=not os.environ.get("CI"))
-        exp.training_table()
-        table = exp.results_table()
-        print(exp.to_markdown(table))
-        print(f"{tasks}: {time.perf_counter() - t0:.0f} s; tables in {run_dir / 'results'}\n")
+    Validates every argument first (see :func:`_parse_args`), seeds torch's global generator with
+    ``--seed`` (every stage also seeds its own generators, so results do not depend on it), and
+    logs each artifact it recomputes, with the reason (logger ``simo_lite.store``)."""
+    args, prof, task_sets, device, run_dir = _parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    pkg_log = logging.getLogger("simo_lite")
+    pkg_log.addHandler(handler)
+    old_level = pkg_log.level
+    pkg_log.setLevel(logging.INFO)
+    try:
+        torch.manual_seed(args.seed)
+        for tasks in task_sets:
+            t0 = time.perf_counter()
+            exp = Experiment(prof, tasks, args.seed, device, run_dir, progress=not os.environ.get("CI"))
+            exp.training_table()
+            table = exp.results_table()
+            print(exp.to_markdown(table))
+            print(f"{tasks}: {time.perf_counter() - t0:.0f} s; tables in {run_dir / 'results'}\n")
+    finally:
+        pkg_log.removeHandler(handler)
+        pkg_log.setLevel(old_level)
     from .course import write_run_meta
+    extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in
+                    (("dataset", args.dataset), ("data_dir", args.data_dir), ("backbone", args.backbone),
+                     ("weights", args.weights)) if v and v != "scenes")
     write_run_meta(run_dir, f"python -m simo_lite.experiment --profile {args.profile} --tasks {' '.join(args.tasks)}"
-                   f" --seed {args.seed}")
+                   f" --seed {args.seed}{extra}")
 
 
 if __name__ == "__main__":

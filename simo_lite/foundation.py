@@ -11,6 +11,12 @@ layout, which is what the dense tasks read.
 The ``cpu`` checkpoint ships in ``data/foundation-cpu.safetensors`` with a manifest
 (``data/foundation-cpu.json``): config, sha256, the command that reproduces it and the probe results.
 Regenerate it with ``python -m simo_lite.foundation --profile cpu`` (or ``make foundation``).
+
+Reproducibility: :func:`pretrain` draws everything from its ``seed`` (encoder init, mask token and
+decoder init under ``torch.manual_seed(seed)`` in a forked RNG, masks and batches from seeded
+generators), never from torch's global random state, so the same profile and seed give the same
+weights in any process; the checkpoint holds no wall-clock time (it is in the ``.json`` record next
+to it, :func:`pretrain_info`), so identical runs write byte-identical files.
 """
 from __future__ import annotations
 
@@ -26,11 +32,12 @@ import torch.nn.functional as F
 
 from . import checkpoints as ckpt
 from . import profiles as P
+from . import store as st
 from .models import count_parameters, make_encoder
 from .training import batch_indices, load_data, one_cycle, progress_enabled
 
 __all__ = ["foundation_config", "pretrain", "load_foundation", "random_encoder_state", "probe_comparison",
-           "SHIPPED_DIR"]
+           "pretrain_info", "SHIPPED_DIR"]
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -70,12 +77,20 @@ class MaskedReconstruction(nn.Module):
 
 def pretrain(profile: P.Profile, seed: int = 0, device="cpu", progress: bool | None = None,
              data: dict | None = None) -> tuple[dict, dict]:
-    """Pretrain a foundation encoder; returns (encoder state dict, info with loss curve and time)."""
+    """Pretrain a foundation encoder; returns (encoder state dict, info).
+
+    ``info``: ``loss_first`` / ``loss_last`` (masked-patch L1, first step / mean of the last 20),
+    ``steps``, ``params`` (encoder parameters), ``wall_s`` (seconds) and ``threads`` (torch threads).
+    Independent of torch's global random state (seeded from ``seed``; the global state is restored).
+    """
     device = P.resolve_device(device) if isinstance(device, str) else device
     data = data or load_data(profile, seed, splits=("train",))
     images = data["train"]["image"]
     encoder = make_encoder(**profile.encoder_config(), seed=seed)
-    model = MaskedReconstruction(encoder, profile.patch_size).to(device)
+    with torch.random.fork_rng(devices=[]):      # mask token and decoder init: seeded, global RNG untouched
+        torch.manual_seed(seed)
+        model = MaskedReconstruction(encoder, profile.patch_size)
+    model = model.to(device)
     steps = profile.foundation_steps
     opt = torch.optim.AdamW(model.parameters(), lr=profile.lr_foundation, weight_decay=0.05)
     sched = one_cycle(opt, profile.lr_foundation, steps, 0.1)
@@ -100,7 +115,8 @@ def pretrain(profile: P.Profile, seed: int = 0, device="cpu", progress: bool | N
         losses.append(float(loss.detach()))
     state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
     return state, {"loss_first": losses[0], "loss_last": sum(losses[-20:]) / len(losses[-20:]),
-                   "wall_s": time.perf_counter() - t0, "steps": steps, "params": count_parameters(encoder)}
+                   "wall_s": time.perf_counter() - t0, "steps": steps, "params": count_parameters(encoder),
+                   "threads": torch.get_num_threads()}
 
 
 def random_encoder_state(profile: P.Profile, seed: int = 0) -> dict:
@@ -117,13 +133,39 @@ def _sha256(path) -> str:
     return h.hexdigest()
 
 
+def _artifact(cfg: dict, images: torch.Tensor) -> st.Artifact:
+    """A pretrained foundation as a store artifact: its config + the key of the images it saw."""
+    return st.Artifact("foundation", "foundation", cfg, {"data-train-images": st.data_key({"image": images})})
+
+
+def pretrain_info(path) -> dict:
+    """What a foundation checkpoint records of its pretraining: ``steps``, ``params``, ``loss_first``,
+    ``loss_last`` (from the checkpoint's metadata ``info``), plus ``wall_s`` (seconds) and ``threads``
+    from the ``.json`` record next to it when there is one (not in the checkpoint, so identical runs
+    give identical bytes). {} when the checkpoint records nothing."""
+    path = Path(path)
+    info = json.loads(ckpt.read_metadata(path).get("info", "{}"))
+    side = path.with_suffix(".json")
+    if side.exists():
+        try:
+            info.update(st.read_json_file(side).get("info", {}))
+        except (st.ArtifactError, AttributeError):
+            pass
+    return info
+
+
 def load_foundation(profile: P.Profile, run_dir=None, seed: int = 0, device="cpu",
-                    progress: bool | None = None) -> tuple[dict, str]:
+                    progress: bool | None = None, *, data: dict | None = None) -> tuple[dict, str]:
     """The foundation encoder state for ``profile`` and its config hash.
 
     Looks for the shipped checkpoint ``data/foundation-<profile>.safetensors`` (whose config hash must
-    match), then ``<run_dir>/foundation-<hash>.safetensors``; otherwise pretrains and saves it in
-    ``run_dir`` (the ``gpu`` and ``smoke`` profiles pretrain their own).
+    match; a published file, accepted by its config hash), then ``<run_dir>/foundation-<hash>.safetensors``
+    (whose stored artifact key must also match the key of the training images it was pretrained on:
+    new images, new foundation); otherwise pretrains and saves it in ``run_dir`` (the ``gpu`` and
+    ``smoke`` profiles pretrain their own), with a ``.json`` record (wall-clock, threads) beside it.
+    ``data``: the already loaded splits ({"train": {"image": ...}, ...}), to avoid loading them again.
+    A stale or damaged run-directory file is logged (logger ``simo_lite.store``) and pretrained again.
+    Downstream artifacts are keyed by :func:`simo_lite.store.foundation_key` (config hash + weights).
     """
     if profile.backbone:                         # a pretrained timm ViT from a local file (docs/real-data.md)
         from .backbones import load_backbone
@@ -134,18 +176,47 @@ def load_foundation(profile: P.Profile, run_dir=None, seed: int = 0, device="cpu
     cfg = foundation_config(profile, seed)
     h = ckpt.config_hash(cfg)
     shipped = SHIPPED_DIR / f"foundation-{profile.name}.safetensors"
-    candidates = [shipped] + ([Path(run_dir) / f"foundation-{h}.safetensors"] if run_dir else [])
-    for path in candidates:
-        if path.exists():
-            try:
-                return ckpt.load_tensors(path, expect_hash=h), h
-            except ckpt.CheckpointError:
-                continue  # other config or corrupt: fall through to the next / retrain
-    state, info = pretrain(profile, seed=seed, device=device, progress=progress)
-    if run_dir:
-        ckpt.save_tensors(state, Path(run_dir) / f"foundation-{h}.safetensors",
-                          metadata={"config_hash": h, "config": json.dumps(cfg, sort_keys=True),
-                                    "info": json.dumps(info)})
+    if shipped.exists():
+        try:
+            return ckpt.load_tensors(shipped, expect_hash=h), h
+        except ckpt.CheckpointError:
+            pass                                 # made for another configuration: the run directory's / pretrain
+    if not run_dir:
+        return pretrain(profile, seed=seed, device=device, progress=progress, data=data)[0], h
+    store = st.Store(run_dir)
+    path = store.foundation_path(h)
+    if data is None or "train" not in data:
+        data = None
+    probe_art = st.Artifact("foundation", path.stem, cfg)
+    if path.exists():
+        header = st._stored_header(path)
+        if header is None:                       # made before artifact keys (or unreadable)
+            state = store.check_tensors(path, probe_art, h)
+            if state is not None:
+                st.log.info("using foundation %s (no key chain stored: made by an older simo_lite; "
+                            "accepted by its config hash)", path.name)
+                return state, h
+        else:
+            data = data or load_data(profile, seed, splits=("train",), progress=bool(progress))
+            art = _artifact(cfg, data["train"]["image"])
+            if header.get("key") != art.key:
+                store.miss(probe_art, st.explain_change(header, art))
+            else:
+                state = store.check_tensors(path, probe_art, h)
+                if state is not None:
+                    store.note_threads(art, header, path)
+                    return state, h
+    else:
+        store.miss(probe_art, "not found")
+    data = data or load_data(profile, seed, splits=("train",), progress=bool(progress))
+    art = _artifact(cfg, data["train"]["image"])
+    state, info = pretrain(profile, seed=seed, device=device, progress=progress, data=data)
+    timing = {k: info[k] for k in ("wall_s", "threads")}
+    store.write_json(path.with_suffix(".json"), {"config_hash": h, "info": info}, art)
+    ckpt.save_tensors(state, path, metadata={"config_hash": h, "config": json.dumps(cfg, sort_keys=True),
+                                             "info": json.dumps({k: v for k, v in info.items() if k not in timing},
+                                                                sort_keys=True),
+                                             "artifact": json.dumps(art.header(), sort_keys=True)})
     return state, h
 
 
@@ -210,7 +281,7 @@ def main(argv=None) -> None:
                 "probe_wall_s": probe_s, "command": f"python -m simo_lite.foundation --profile {profile.name} "
                                                     f"--seed {args.seed}",
                 "torch": torch.__version__, "device": str(device)}
-    out.with_suffix(".json").write_text(json.dumps(manifest, indent=1))
+    st.write_json(out.with_suffix(".json"), manifest)
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
 

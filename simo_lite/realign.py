@@ -14,7 +14,6 @@ Representation realignment (paper §6b)
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoints as ckpt
+from . import store as st
 from .models import SimoModel, count_parameters
 from .tasks import get_tasks
 from .training import RunRecord, cache_features, fit
@@ -127,18 +127,24 @@ def representation_realign(model: SimoModel, val: dict, tasks=None, rank: int = 
 
     ``kind``: "block" (adapter after every block, the paper's form) or "lora" (PEFT LoRA on the
     blocks' linears). Returns the realigned copy (adapters still attached) and its RunRecord.
-    With ``cache_dir``, the result is stored there (safetensors, named by a hash of the starting
-    weights, the data and every setting) and a later identical call loads it instead of training.
+    With ``cache_dir``, the result is stored there as a store artifact
+    (``repr-<kind>-r<rank>-<key>.safetensors`` + a ``.json`` record with the cost): its key chains
+    the fingerprint of the starting weights (the merged model's content key), the validation
+    split's key and every setting. A later identical call loads it instead of training; a missing,
+    damaged or mismatched file (wrong key, wrong shapes, no record) is logged and trained again.
     """
     if kind not in ("block", "lora"):
         raise ValueError(f"unknown adapter kind {kind!r}; valid: 'block', 'lora'")
     tasks = get_tasks(tasks if tasks is not None else model.tasks)
-    path = h = None
+    path = art = store = None
     if cache_dir is not None:
-        h = ckpt.config_hash({"model": ckpt.state_fingerprint(model.state_dict()), "tasks": tasks, "rank": rank,
-                              "kind": kind, "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
-                              "val": ckpt.state_fingerprint({k: val[k] for k in ("image", *tasks)})})
-        path = Path(cache_dir) / f"repr-{kind}-r{rank}-{h}.safetensors"
+        art = st.Artifact("realign", f"repr-{kind}-r{rank}",
+                          {"tasks": list(tasks), "rank": rank, "kind": kind, "steps": steps, "lr": lr,
+                           "batch_size": batch_size, "seed": seed, "version": 2},
+                          {"merged-model": ckpt.state_fingerprint(model.state_dict()),
+                           "data-val": st.data_key({k: val[k] for k in ("image", *tasks)})})
+        store = st.Store(cache_dir)
+        path = store.path("", art, ".safetensors")
     model = copy.deepcopy(model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -155,18 +161,36 @@ def representation_realign(model: SimoModel, val: dict, tasks=None, rank: int = 
     for t in tasks:
         for p in model.heads[t].parameters():
             p.requires_grad_(True)
-    if path is not None and path.exists():
-        try:
-            model.load_state_dict(ckpt.load_tensors(path, expect_hash=h))
-            rec = json.loads(ckpt.read_metadata(path)["record"])
-            return model.eval(), RunRecord(**rec)
-        except (ckpt.CheckpointError, KeyError, RuntimeError):
-            pass                                    # another configuration or a damaged file: train again
+    if path is not None:
+        loaded = _load_cached(store, path, art, model)
+        if loaded is not None:
+            return loaded
     r = fit(model, {"image": val["image"], **{t: val[t] for t in tasks}}, tasks, steps, lr, batch_size, seed=seed,
             device=device, progress=progress, desc=f"representation realign ({kind}, r={rank})",
             name=f"repr-realign-{kind}")
     r.name = f"repr-realign-{kind}"
     if path is not None:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        ckpt.save_tensors(state, path, metadata={"config_hash": h, "record": json.dumps(r.to_dict())})
+        store.write_json(path.with_suffix(".json"), {"record": r.to_dict()}, art)   # cost, incl. wall-clock
+        store.save_tensors(path, state, art)                                          # written last
     return model, r
+
+
+def _load_cached(store: st.Store, path: Path, art: st.Artifact, model: SimoModel):
+    """(model with the stored weights, its RunRecord), or None: a logged cache miss."""
+    tensors = store.load_tensors(path, art)
+    if tensors is None:
+        return None
+    rec = store.read_json(path.with_suffix(".json"), art, require=("record",))
+    if rec is None:
+        return None
+    backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        model.load_state_dict(tensors)
+        record = RunRecord(**rec["record"])
+    except (RuntimeError, TypeError, KeyError, ValueError) as e:      # wrong shapes / keys, bad record
+        model.load_state_dict(backup)
+        line = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:300]
+        store.miss(art, f"corrupt file {path.name}: {type(e).__name__}: {line}")
+        return None
+    return model.eval(), record

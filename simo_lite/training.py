@@ -6,12 +6,15 @@ Batches are a pure function of ``(seed, step)``, and ``fit`` can checkpoint its 
 (weights, optimizer, schedule) every few steps, so an interrupted run resumes bit-for-bit.
 
 ``train_expert`` and ``train_mtl`` run the paper's two-stage recipe (linear probe, then full
-fine-tuning) and store the result in the run directory under a hash of their configuration; a
-second call with the same configuration loads it instead of training.
+fine-tuning) and store the result in the run directory (:class:`simo_lite.store.Store`) under a
+key that chains the recipe (:data:`RECIPE_VERSION`, profile, seed, steps), the data's key and the
+foundation's key; a second call with the same inputs loads it instead of training, and a missing,
+stale or damaged checkpoint is retrained with the reason logged (logger ``simo_lite.store``).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,15 +24,25 @@ import torch
 import torch.nn as nn
 
 from . import checkpoints as ckpt
+from . import store as st
 from .models import SimoModel, make_encoder, make_head
 from .profiles import Profile
 from .scenes import VERSION as SCENES_VERSION
 from .scenes import load_split
 from .tasks import get_task, get_tasks
 
-__all__ = ["RunRecord", "load_data", "cache_features", "features_fit_in_memory", "probe_stage", "profile_augment",
+__all__ = ["RunRecord", "RECIPE_VERSION", "expert_artifact", "mtl_artifact", "two_stage_artifact", "load_data",
+           "cache_features", "features_fit_in_memory", "probe_stage", "profile_augment",
            "batch_indices", "fit", "evaluate", "build_model", "make_profile_encoder", "train_expert", "train_mtl",
            "progress_enabled", "Stage", "one_cycle"]
+
+log = logging.getLogger("simo_lite.training")
+
+# version of the two-stage recipe (LP -> FT) of experts and MTL; part of their keys: bump it when the
+# recipe changes in a way the config does not show, and every stored expert / MTL model is retrained
+RECIPE_VERSION = 2
+# version of fit's training-state files (format 2 stores the loss history and the elapsed time)
+STATE_FORMAT = 2
 
 
 def progress_enabled(show_progress: bool | None = None) -> bool:
@@ -116,20 +129,30 @@ def one_cycle(opt, lr: float, steps: int, pct_start: float):
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct)
 
 
-def _save_state(path, model, opt, sched, step, config_hash):
+def _save_state(path, model, opt, sched, step, config_hash, losses, elapsed_s):
+    """The whole training state after ``step`` steps: weights, optimizer, schedule, the loss of every
+    step so far (float64, one per step) and the elapsed wall-clock seconds (metadata; state files are
+    deleted when training completes, so they never reach a finished run directory)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt_sd = opt.state_dict()
-    for pid, st in opt_sd["state"].items():
-        for k, v in st.items():
+    for pid, s in opt_sd["state"].items():
+        for k, v in s.items():
             tensors[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    tensors["fit.losses"] = torch.tensor(losses, dtype=torch.float64)
     meta = {"step": step, "config_hash": config_hash, "sched": json.dumps(sched.state_dict()),
-            "param_groups": json.dumps(opt_sd["param_groups"])}
+            "param_groups": json.dumps(opt_sd["param_groups"]), "elapsed_s": repr(float(elapsed_s)),
+            "threads": torch.get_num_threads(), "format": STATE_FORMAT}
     ckpt.save_tensors(tensors, path, metadata=meta)
 
 
-def _load_state(path, model, opt, sched, config_hash) -> int:
+def _load_state(path, model, opt, sched, config_hash) -> tuple[int, list[float], float]:
+    """Restore a state saved by :func:`_save_state`: returns (step, losses of steps 0..step-1, elapsed s)."""
     meta = ckpt.read_metadata(path)
     tensors = ckpt.load_tensors(path, expect_hash=config_hash)
+    step = int(meta["step"])
+    losses = tensors["fit.losses"].tolist()
+    if len(losses) != step:
+        raise ckpt.CheckpointError(f"training state {path}: {len(losses)} losses for step {step}")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict = {}
     for k, v in tensors.items():
@@ -138,7 +161,7 @@ def _load_state(path, model, opt, sched, config_hash) -> int:
             state.setdefault(int(pid), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     sched.load_state_dict(json.loads(meta["sched"]))
-    return int(meta["step"])
+    return step, losses, float(meta["elapsed_s"])
 
 
 def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: int, seed: int = 0,
@@ -151,8 +174,10 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
     Args:
         data: split dict {"image": (N,3,H,W), task: labels...}; batches are drawn by ``batch_indices``.
         tasks: task names whose losses are averaged (unweighted mean, as the paper).
-        state_path: if given, the full training state is saved there every ``state_every`` steps and
-            loaded from there on start (resume after an interrupt); removed when training completes.
+        state_path: if given, the full training state (weights, optimizer, schedule, loss history,
+            elapsed time) is saved there every ``state_every`` steps and loaded from there on start
+            (resume after an interrupt); removed when training completes. A state from another
+            configuration, an older format or a damaged file is ignored (logged): training restarts.
         callback: optional ``callback(step, loss)`` after each step (tests use it to interrupt).
         features: optional cached head-input features (N, L, 2C, h, w) of ``data["image"]``
             (:func:`cache_features`); only with a frozen encoder, which is then skipped.
@@ -160,8 +185,11 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
             (``simo_lite.datasets.augment``); its generator is seeded by (seed, step), so resumed
             runs see the same augmented batches. Not combinable with ``features``.
 
-    Returns a :class:`RunRecord` with steps, samples, trainable parameters, wall-clock and the
-    loss history (``metrics["loss"]``, one value per step).
+    Returns a :class:`RunRecord` with steps, samples (images seen), trainable parameters,
+    wall-clock seconds and the loss history (``metrics["loss"]``, one value per step), all counted
+    over the whole run: a resumed run reports what an uninterrupted one does (same steps, samples and
+    losses, bitwise-identical weights); its ``wall_s`` adds the time recorded in the state to this
+    call's (work lost after the last saved state is not counted).
     """
     tasks = get_tasks(tasks)
     device = torch.device(device)
@@ -179,18 +207,26 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
         if len(features) != len(data["image"]):
             raise ValueError(f"fit: {len(features)} cached features for {len(data['image'])} images")
     cfg_hash = ckpt.config_hash({"name": name, "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
-                                 "tasks": tasks, "n_params": sum(p.numel() for p in params)})
-    start = 0
+                                 "tasks": tasks, "n_params": sum(p.numel() for p in params),
+                                 "weight_decay": weight_decay, "grad_clip": grad_clip, "pct_start": pct_start,
+                                 "format": STATE_FORMAT})
+    start, losses, prior_s = 0, [], 0.0
     if state_path is not None and Path(state_path).exists():
+        before = {k: v.detach().clone() for k, v in model.state_dict().items()}
         try:
-            start = _load_state(state_path, model, opt, sched, cfg_hash)
-        except ckpt.CheckpointError:
-            start = 0  # a state from another configuration or a corrupt file: start over
+            start, losses, prior_s = _load_state(state_path, model, opt, sched, cfg_hash)
+            log.info("%s: resuming at step %d of %d from %s", name, start, steps, state_path)
+        except (ckpt.CheckpointError, KeyError, ValueError, RuntimeError) as e:
+            # a state from another configuration or format, or a damaged file: start over, cleanly
+            log.warning("%s: restarting from step 0, training state not usable: %s", name, e)
+            model.load_state_dict(before)
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+            sched = one_cycle(opt, lr, steps, pct_start)
+            start, losses, prior_s = 0, [], 0.0
     model.to(device).train()
     if encoder_frozen:
         model.encoder.eval()
     n = len(data["image"])
-    losses: list[float] = []
     iterator = range(start, steps)
     if progress_enabled(progress):
         from tqdm.auto import tqdm
@@ -218,15 +254,15 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
         if hasattr(iterator, "set_postfix") and step % 10 == 0:
             iterator.set_postfix(loss=f"{losses[-1]:.3f}")
         if state_path is not None and (step + 1) % state_every == 0 and step + 1 < steps:
-            _save_state(state_path, model, opt, sched, step + 1, cfg_hash)
+            _save_state(state_path, model, opt, sched, step + 1, cfg_hash, losses,
+                        prior_s + time.perf_counter() - t0)
         if callback is not None:
             callback(step, losses[-1])
     if state_path is not None:
         Path(state_path).unlink(missing_ok=True)
     model.eval()
-    done = steps - start
-    return RunRecord(name=name, steps=done, samples=done * min(batch_size, n),
-                     trainable_params=sum(p.numel() for p in params), wall_s=time.perf_counter() - t0,
+    return RunRecord(name=name, steps=steps, samples=steps * min(batch_size, n),
+                     trainable_params=sum(p.numel() for p in params), wall_s=prior_s + time.perf_counter() - t0,
                      metrics={"loss": losses})
 
 
@@ -304,33 +340,63 @@ def _split_state(model: SimoModel) -> tuple[dict, dict]:
     return enc, heads
 
 
-def _save_model(folder: Path, model: SimoModel, cfg_hash: str, record: RunRecord, config: dict) -> None:
+_RECORD_FIELDS = ("name", "steps", "samples", "trainable_params", "wall_s", "stages", "metrics")
+
+
+def _save_model(folder: Path, model: SimoModel, art: st.Artifact, record: RunRecord) -> None:
+    """encoder.safetensors, head-<task>.safetensors and record.json (written last: its presence marks
+    a complete checkpoint); every file carries ``art``'s key and header (thread count included)."""
+    store = st.Store(folder)
     enc, heads = _split_state(model)
-    meta = {"config_hash": cfg_hash, "config": json.dumps(config, sort_keys=True)}
+    meta = {"config": json.dumps(art.config, sort_keys=True)}
     for t, h in heads.items():
-        ckpt.save_tensors(h, folder / f"head-{t}.safetensors", metadata=meta)
-    ckpt.save_tensors(enc, folder / "encoder.safetensors", metadata=meta)
-    tmp = folder / "record.json.tmp"
-    tmp.write_text(json.dumps({"config_hash": cfg_hash, "config": config, "record": record.to_dict()}, indent=1))
-    os.replace(tmp, folder / "record.json")  # written last: its presence marks a complete checkpoint
+        store.save_tensors(folder / f"head-{t}.safetensors", h, art, **meta)
+    store.save_tensors(folder / "encoder.safetensors", enc, art, **meta)
+    store.write_json(folder / "record.json", {"config_hash": art.key, "config": art.config,
+                                              "record": record.to_dict()}, art)
 
 
-def _load_model(folder: Path, cfg_hash: str, profile: Profile, tasks) -> tuple[SimoModel, RunRecord] | None:
+def _load_model(folder: Path, art: st.Artifact, profile: Profile, tasks, quiet: bool = False,
+                store: st.Store | None = None) -> tuple[SimoModel, RunRecord] | None:
+    """The model and record stored in ``folder`` for ``art``, or None (a cache miss, logged with the
+    reason: not found, key changed, or which file is damaged: unreadable, wrong key, wrong shapes).
+    ``store``: the run directory's store (file names in the log are relative to its root)."""
+    store = store or st.Store(folder.parent)
     rec_path = folder / "record.json"
-    if not rec_path.exists():
+    rec = store.read_json(rec_path, art, require=("record",), unit=folder, quiet=quiet)
+    if rec is None:
         return None
     try:
-        rec = json.loads(rec_path.read_text())
-        if rec.get("config_hash") != cfg_hash:
-            return None
-        enc = ckpt.load_tensors(folder / "encoder.safetensors", expect_hash=cfg_hash)
-        heads = {t: ckpt.load_tensors(folder / f"head-{t}.safetensors", expect_hash=cfg_hash) for t in tasks}
-    except (ckpt.CheckpointError, json.JSONDecodeError):
+        r = rec["record"]
+        record = RunRecord(**{k: r[k] for k in _RECORD_FIELDS})
+    except (KeyError, TypeError) as e:
+        store.miss(art, f"corrupt file {store._rel(rec_path)}: bad record ({type(e).__name__}: {e})")
         return None
-    r = rec["record"]
-    record = RunRecord(**{k: r[k] for k in ("name", "steps", "samples", "trainable_params", "wall_s", "stages",
-                                            "metrics")})
-    return build_model(enc, profile, tasks, head_states=heads).eval(), record  # same mode as a fresh run
+    enc = store.load_tensors(folder / "encoder.safetensors", art)
+    if enc is None:
+        return None
+    heads = {}
+    for t in get_tasks(tasks):
+        heads[t] = store.load_tensors(folder / f"head-{t}.safetensors", art)
+        if heads[t] is None:
+            return None
+    try:
+        model = build_model(enc, profile, tasks)
+    except (RuntimeError, ValueError, KeyError) as e:
+        store.miss(art, f"corrupt file {store._rel(folder / 'encoder.safetensors')}: {_first_line(e)}")
+        return None
+    for t in get_tasks(tasks):
+        try:
+            model.heads[t].load_state_dict(heads[t])
+        except (RuntimeError, ValueError, KeyError) as e:          # e.g. right key, wrong shapes
+            store.miss(art, f"corrupt file {store._rel(folder / f'head-{t}.safetensors')}: {_first_line(e)}")
+            return None
+    return model.eval(), record  # same mode as a fresh run
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: " + (" ".join(lines[:2])[:300] if lines else "")
 
 
 def profile_augment(profile: Profile):
@@ -363,24 +429,46 @@ def probe_stage(model: SimoModel, train: dict, tasks, profile: Profile, steps: i
                progress=progress, desc=desc, name=name, state_path=state_path, features=feats, augment=augment)
 
 
-def _two_stage(name: str, tasks, foundation_state: dict, foundation_hash: str, profile: Profile, data: dict,
-               run_dir, seed: int, device, progress: bool, probe_steps: int, finetune_steps: int,
-               ) -> tuple[SimoModel, RunRecord]:
-    """Linear probe then full fine-tuning (LP -> FT), cached under run_dir/<kind>/<name>-<hash>/."""
+def two_stage_artifact(name: str, tasks, foundation_hash: str, profile: Profile, seed: int, probe_steps: int,
+                       finetune_steps: int, data_key: str) -> st.Artifact:
+    """The store artifact of a two-stage model: the recipe's config + the data's and foundation's keys."""
     tasks = get_tasks(tasks)
-    config = {"name": name, "tasks": tasks, "profile": profile.to_dict(), "foundation": foundation_hash,
-              "seed": seed, "probe_steps": probe_steps, "finetune_steps": finetune_steps, "version": 2,
+    config = {"name": name, "tasks": tasks, "profile": profile.to_dict(), "seed": seed,
+              "probe_steps": probe_steps, "finetune_steps": finetune_steps, "version": RECIPE_VERSION,
               "scenes_version": SCENES_VERSION}
-    h = ckpt.config_hash(config)
-    folder = Path(run_dir) / "models" / f"{name}-{h}"
-    loaded = _load_model(folder, h, profile, tasks)
+    return st.Artifact("expert" if name.startswith("expert-") else "mtl", name, config,
+                       {"data": data_key, "foundation": foundation_hash})
+
+
+def expert_artifact(task: str, foundation_hash: str, profile: Profile, seed: int, data_key: str) -> st.Artifact:
+    """The artifact (key, name) of :func:`train_expert`'s model, without training it."""
+    return two_stage_artifact(f"expert-{get_task(task).name}", (task,), foundation_hash, profile, seed,
+                              profile.probe_steps, profile.finetune_steps, data_key)
+
+
+def mtl_artifact(tasks, foundation_hash: str, profile: Profile, seed: int, data_key: str) -> st.Artifact:
+    """The artifact (key, name) of :func:`train_mtl`'s model, without training it."""
+    tasks = get_tasks(tasks)
+    return two_stage_artifact("mtl-" + "+".join(tasks), tasks, foundation_hash, profile, seed,
+                              profile.mtl_probe_steps, profile.mtl_finetune_steps, data_key)
+
+
+def _two_stage(art: st.Artifact, tasks, foundation_state: dict, profile: Profile, data: dict, run_dir,
+               seed: int, device, progress: bool, probe_steps: int, finetune_steps: int,
+               ) -> tuple[SimoModel, RunRecord]:
+    """Linear probe then full fine-tuning (LP -> FT), cached under run_dir/models/<name>-<key>/."""
+    tasks = get_tasks(tasks)
+    name = art.name
+    store = st.Store(run_dir)
+    folder = store.model_dir(art)
+    loaded = _load_model(folder, art, profile, tasks, store=store)
     if loaded is not None:
         return loaded
     folder.mkdir(parents=True, exist_ok=True)
     record = RunRecord(name=name)
     probe_dir = folder / "probe"
     model = build_model(foundation_state, profile, tasks, seed=seed)
-    probe = _load_model(probe_dir, h, profile, tasks)
+    probe = _load_model(probe_dir, art, profile, tasks, quiet=True, store=store)
     augment = profile_augment(profile)
     common = dict(batch_size=profile.batch_size, seed=seed, weight_decay=profile.weight_decay,
                   grad_clip=profile.grad_clip, device=device, progress=progress, augment=augment)
@@ -389,7 +477,7 @@ def _two_stage(name: str, tasks, foundation_state: dict, foundation_hash: str, p
                         progress=progress, desc=f"{name}: probe", name=f"{name}/probe",
                         state_path=folder / "probe-state.safetensors")
         r.metrics["test"] = evaluate(model, data["test"], tasks, device=device)  # keeps the loss history
-        _save_model(probe_dir, model, h, r, config)
+        _save_model(probe_dir, model, art, r)
     else:
         model, r = probe
     record.add(r)
@@ -401,20 +489,32 @@ def _two_stage(name: str, tasks, foundation_state: dict, foundation_hash: str, p
     record.add(r)
     record.metrics["test"] = evaluate(model, data["test"], tasks, device=device)
     record.metrics["val"] = evaluate(model, data["val"], tasks, device=device)
-    _save_model(folder, model, h, record, config)
+    _save_model(folder, model, art, record)
     return model, record
 
 
 def train_expert(task: str, foundation_state: dict, foundation_hash: str, profile: Profile, data: dict, run_dir,
-                 seed: int = 0, device="cpu", progress: bool = False) -> tuple[SimoModel, RunRecord]:
-    """The single-task expert for ``task``: linear probe, then full fine-tuning (paper §3)."""
-    return _two_stage(f"expert-{get_task(task).name}", (task,), foundation_state, foundation_hash, profile, data,
-                      run_dir, seed, device, progress, profile.probe_steps, profile.finetune_steps)
+                 seed: int = 0, device="cpu", progress: bool = False, *,
+                 data_key: str | None = None) -> tuple[SimoModel, RunRecord]:
+    """The single-task expert for ``task``: linear probe, then full fine-tuning (paper §3).
+
+    ``foundation_hash`` identifies ``foundation_state`` (``Experiment`` passes the foundation's store
+    key, :func:`simo_lite.store.foundation_key`); ``data_key`` identifies ``data`` ({split: tensors}),
+    computed from the tensors (:func:`simo_lite.store.data_key`) when not given. Both are part of the
+    stored model's key (:func:`expert_artifact`)."""
+    data_key = data_key or st.data_key(data)
+    art = expert_artifact(task, foundation_hash, profile, seed, data_key)
+    return _two_stage(art, (task,), foundation_state, profile, data, run_dir, seed, device, progress,
+                      profile.probe_steps, profile.finetune_steps)
 
 
 def train_mtl(tasks, foundation_state: dict, foundation_hash: str, profile: Profile, data: dict, run_dir,
-              seed: int = 0, device="cpu", progress: bool = False) -> tuple[SimoModel, RunRecord]:
-    """Joint multi-task baseline: all heads, unweighted mean loss, probe then full fine-tuning."""
+              seed: int = 0, device="cpu", progress: bool = False, *,
+              data_key: str | None = None) -> tuple[SimoModel, RunRecord]:
+    """Joint multi-task baseline: all heads, unweighted mean loss, probe then full fine-tuning
+    (keys as in :func:`train_expert`, :func:`mtl_artifact`)."""
     tasks = get_tasks(tasks)
-    return _two_stage("mtl-" + "+".join(tasks), tasks, foundation_state, foundation_hash, profile, data, run_dir,
-                      seed, device, progress, profile.mtl_probe_steps, profile.mtl_finetune_steps)
+    data_key = data_key or st.data_key(data)
+    art = mtl_artifact(tasks, foundation_hash, profile, seed, data_key)
+    return _two_stage(art, tasks, foundation_state, profile, data, run_dir, seed, device, progress,
+                      profile.mtl_probe_steps, profile.mtl_finetune_steps)

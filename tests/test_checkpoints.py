@@ -97,7 +97,7 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
 
 
 def test_failed_write_keeps_old_file_and_cleans_up(tmp_path, monkeypatch):
-    import simo_lite.checkpoints as C
+    import simo_lite.store as C
 
     path = tmp_path / "keep.safetensors"
     save_tensors({"old": torch.ones(3)}, path)
@@ -122,3 +122,19 @@ def test_config_hash_properties():
     assert len(config_hash(a)) == 12 and all(c in "0123456789abcdef" for c in config_hash(a))
     assert config_hash(a) != config_hash({**a, "steps": 11})      # values do
     assert config_hash({"t": ("seg", "depth")}) == config_hash({"t": ["seg", "depth"]})  # JSON semantics
+
+
+def test_same_tensors_and_metadata_give_the_same_bytes(tmp_path):
+    """The safetensors writer orders metadata at random (a Rust HashMap); the header is made canonical."""
+    meta = {f"key{i}": f"value {i} é \u2028 \x01 \"q\" /" for i in range(12)}
+    meta.update(config_hash="abc", config='{"a": 1}', info="{}")
+    a = save_tensors(_tensors(), tmp_path / "a.safetensors", metadata=meta)
+    b = save_tensors(_tensors(), tmp_path / "b.safetensors", metadata=dict(reversed(list(meta.items()))))
+    assert a.read_bytes() == b.read_bytes()
+    assert read_metadata(a) == {k: str(v) for k, v in meta.items()}
+    n = int.from_bytes(a.read_bytes()[:8], "little")
+    import json
+    header = json.loads(a.read_bytes()[8:8 + n])
+    assert list(header["__metadata__"]) == sorted(meta) and (8 + n) % 8 == 0
+    out = load_tensors(a)
+    assert all(torch.equal(out[k], v) for k, v in _tensors().items())
