@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-import torch
-
 __all__ = ["Profile", "PROFILES", "DATASETS", "get", "validate", "resolve_device"]
 
 DATASETS = ("scenes", "nyuv2", "cityscapes")
@@ -167,6 +165,8 @@ def validate(profile: Profile) -> Profile:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; anything else is passed to torch.device."""
+    import torch    # here, not at the top: the course runner reads profiles without importing torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
