@@ -6,7 +6,8 @@ reading of which of the paper's findings hold on our benchmark, computed from th
 
 (``python -m benchmarks.render_results`` is the same.) The sections' own Markdown comes from their modules
 (``benchmarks.scenes_rate``, ``course_time``, ``merging_cost``, ``head_realign``, ``table4``); task sets,
-rows and merge labels from ``simo_lite`` (``tasks.TASK_SETS``, ``experiment.ROWS``, ``merging.MERGE_METHODS``).
+rows and their labels from ``simo_lite`` (``tasks.TASK_SETS``, ``experiment.ROWS``, ``rows.row_label``); table
+Markdown from ``simo_lite.report``.
 
 Inputs (each may be missing; the document then says "not run" and how to produce it):
 
@@ -31,21 +32,17 @@ from pathlib import Path
 if not __package__:                                   # python benchmarks/render_results.py: import as the package
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from simo_lite import report  # noqa: E402
 from simo_lite.experiment import ROWS  # noqa: E402
-from simo_lite.merging import MERGE_METHODS  # noqa: E402
+from simo_lite.rows import row_label  # noqa: E402
 from simo_lite.tasks import TASK_SETS  # noqa: E402
 
 from benchmarks import course_time, head_realign, merging_cost, scenes_rate, table4  # noqa: E402
 from benchmarks.common import PAPER_TABLES, REPO, load_json, md_table, write_text_atomic  # noqa: E402
 
-# Row labels of our tables: a merge method's label from the registry, the rest (and zero-shot, whose
-# registry label is spaced "α = 0") as this document has always printed them.
-ROW_LABELS = {**{name: MERGE_METHODS[name].label for name in ROWS if name in MERGE_METHODS},
-              "experts": "experts (LP→FT)", "mtl": "joint MTL", "zeroshot": "zero-shot (α=0)",
-              "tall": "TALL masks (T encoder passes)",
-              "ta+head": "TA + head realign", "ta+repr": "TA + block adapters", "ta+lora": "TA + PEFT LoRA",
-              "ties+head": "TIES + head realign", "ties+repr": "TIES + block adapters",
-              "ties+lora": "TIES + PEFT LoRA"}
+# Row labels of our tables, from the package's row registry (simo_lite.rows: the table's own labels, else
+# the merge method's and fix's); a row registered in a notebook shows with its registered labels.
+ROW_LABELS = {name: row_label(name) for name in ROWS}
 PAPER_ROW_LABELS = {**ROW_LABELS, "experts": "Task-Specific", "mtl": "MTL", "tall": "TALL-Mask",
                     "ta+head": "TA + head re-align", "ta+repr": "TA + repr. re-align",
                     "ties+head": "TIES + head re-align", "ties+repr": "TIES + repr. re-align"}
@@ -59,16 +56,6 @@ NOT_RUN = "not run"
 # ----------------------------------------------------------------------------------------------
 def _mtime(path: Path) -> str:
     return _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def task_info(task: str) -> tuple[str, bool | None]:
-    """(metric name, lower is better) from the package's task registry; (task, None) if unknown."""
-    try:
-        from simo_lite.tasks import get_task
-        t = get_task(task)
-        return t.metric_name, not t.higher_is_better
-    except Exception:
-        return task, None
 
 
 def paper_for_set(paper: dict | None) -> dict[str, str]:
@@ -113,21 +100,8 @@ def load_run(run_dir, profile: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Formatting
 # ----------------------------------------------------------------------------------------------
-def pct(v, digits: int = 1, sign: bool = True) -> str:
-    """A fraction as a percentage string ("+12.3%", or "12.3%" with ``sign=False``); "–" for None."""
-    if v is None:
-        return "–"
-    return f"{100 * v:+.{digits}f}%" if sign else f"{100 * v:.{digits}f}%"
-
-
-def num(v) -> str:
-    """A number for a table cell: ints with thousands separators, floats to 4 significant digits;
-    "–" for None."""
-    if v is None:
-        return "–"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return f"{v:.4g}"
+pct = report.pct          # a fraction as "+12.3%" ("12.3%" with sign=False); "–" for None
+num = report.num          # a table cell: ints with thousands separators, floats to 4 significant digits
 
 
 def experiment_command(profile: str, set_name: str, run_dir: str) -> str:
@@ -153,38 +127,17 @@ def provenance(run: dict, s: dict, set_name: str) -> str:
 # Our tables
 # ----------------------------------------------------------------------------------------------
 def results_table_md(s: dict) -> str:
-    """Our results table of one task set in Markdown: per-task metric (normalised %), Δm (ratio and
-    Eq. 2), steps, samples, trainable params and wall-clock seconds per row."""
-    tasks = s["tasks"]
-    heads = []
-    for t in tasks:
-        name, lower = task_info(t)
-        heads.append(f"{t} {name} {'↓' if lower else '↑' if lower is not None else ''}".strip())
-    rows = []
-    for name, r in s["rows"].items():
-        c = r.get("cost", {})
-        cells = [f"{num(r['metrics'][t])} ({pct(r['normalized'][t], sign=False)})" for t in tasks]
-        rows.append([ROW_LABELS.get(name, name)] + cells
-                    + [pct(r["delta_m_ratio"]), pct(r["delta_m_relative"]), num(c.get("steps")),
-                       num(c.get("samples")), num(c.get("trainable_params")),
-                       "–" if c.get("wall_s") is None else f"{c['wall_s']:.0f}"])
-    return md_table(["method"] + heads + ["Δm (ratio, paper's)", "Δm (Eq. 2)", "steps", "samples",
-                                          "trainable params", "wall s"], rows)
+    """Our results table of one task set in Markdown (:func:`simo_lite.report.results_markdown`, ``DOC``
+    style): per-task metric (normalised %), Δm (ratio and Eq. 2), steps, samples, trainable params and
+    wall-clock seconds per row, rows named by their labels."""
+    return report.results_markdown(list(s["rows"].values()), s["tasks"], style=report.DOC)
 
 
 def training_table_md(tr: dict) -> str:
-    """The training table (``Experiment.training_table``'s JSON) in Markdown: per task the linear probe,
-    expert and joint MTL metrics with the expert's cost, then joint MTL's cost (wall-clock in seconds)."""
-    rows = []
-    for r in tr["rows"]:
-        c = r["cost"]
-        rows.append([r["task"], f"{r['metric']} {'↓' if r['lower_is_better'] else '↑'}", num(r["probe"]),
-                     num(r["expert"]), num(r["mtl"]), num(c["steps"]), num(c["trainable_params"]),
-                     f"{c['wall_s']:.0f}"])
-    c = tr["mtl_cost"]
-    rows.append(["MTL (all heads)", "", "", "", "", num(c["steps"]), num(c["trainable_params"]), f"{c['wall_s']:.0f}"])
-    return md_table(["task", "metric", "linear probe", "expert (LP→FT)", "joint MTL", "steps",
-                     "trainable params", "wall s"], rows)
+    """The training table (``Experiment.training_table``'s JSON) in Markdown
+    (:func:`simo_lite.report.training_summary_markdown`): per task the linear probe, expert and joint MTL
+    metrics with the expert's cost, then joint MTL's cost (wall-clock in seconds)."""
+    return report.training_summary_markdown(tr)
 
 
 def our_results_md(runs: list[dict]) -> list[str]:

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 
+from .profiles import evenly_spaced_taps
+
 __all__ = ["load_backbone", "make_backbone", "backbone_dims", "backbone_taps", "embed_dim", "snap_size",
-           "input_transform", "InputTransform", "BackboneError"]
+           "input_transform", "InputTransform", "BackboneError", "EncoderIO", "encoder_io", "PIPELINE_INPUT"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
@@ -71,7 +74,8 @@ def _kwargs(img_size, kwargs: dict) -> dict:
     return kw
 
 
-def make_backbone(name: str, img_size=None, seed: int | None = None, **kwargs) -> nn.Module:
+def make_backbone(name: str, img_size: int | tuple[int, int] | None = None, seed: int | None = None,
+                  **kwargs) -> nn.Module:
     """An untrained timm ViT ``name`` (random init, reproducible with ``seed``), no classifier.
 
     Same architecture and state-dict keys as :func:`load_backbone` with the same ``img_size`` and
@@ -208,7 +212,8 @@ def _dims_of(model) -> dict:
                 patch=int(model.patch_embed.patch_size[0]))
 
 
-def load_backbone(name: str, weights: str | Path, img_size=None, **kwargs) -> nn.Module:
+def load_backbone(name: str, weights: str | Path, img_size: int | tuple[int, int] | None = None,
+                  **kwargs) -> nn.Module:
     """timm ViT ``name`` with the weights of the local file ``weights``, no classifier (``num_classes=0``).
 
     Args:
@@ -272,10 +277,9 @@ def load_backbone(name: str, weights: str | Path, img_size=None, **kwargs) -> nn
 
 
 def backbone_taps(encoder: nn.Module) -> tuple[int, ...]:
-    """4 evenly spaced block indices (0-based), like ``Profile.taps``: 12 blocks -> (2, 5, 8, 11)."""
-    depth = len(encoder.blocks)
-    n = min(4, depth)
-    return tuple(round((i + 1) * depth / n) - 1 for i in range(n))
+    """4 evenly spaced block indices (0-based), like ``Profile.taps``: 12 blocks -> (2, 5, 8, 11)
+    (:func:`simo_lite.profiles.evenly_spaced_taps` of the encoder's depth)."""
+    return evenly_spaced_taps(len(encoder.blocks))
 
 
 def embed_dim(encoder: nn.Module) -> int:
@@ -283,7 +287,7 @@ def embed_dim(encoder: nn.Module) -> int:
     return int(encoder.embed_dim)
 
 
-def snap_size(hw, patch: int, mode: str = "floor") -> tuple[int, int]:
+def snap_size(hw: int | tuple[int, int], patch: int, mode: str = "floor") -> tuple[int, int]:
     """(H, W) (or an int for square) rounded to multiples of ``patch``, at least one patch each.
 
     ``mode``: 'floor' (default; never larger than the data, NYUv2 (288, 384) -> (280, 378), the
@@ -302,10 +306,12 @@ def snap_size(hw, patch: int, mode: str = "floor") -> tuple[int, int]:
 class InputTransform:
     """Maps images (B, 3, H, W) in [0, 1] to the encoder's input: ``(x - mean) / std`` per channel."""
 
-    def __init__(self, mean, std):
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.mean == self.std == (0.5, 0.5, 0.5):
+            return images * 2 - 1                      # the same values, as the pipeline always computed them
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
         return (images - mean) / std
@@ -334,3 +340,33 @@ def input_transform(encoder: nn.Module, mode: str = "pretrained") -> InputTransf
     if not mean or not std:
         return InputTransform((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     return InputTransform(mean, std)
+
+
+# the input normalisation the pipeline feeds every encoder (course ViT and pretrained backbones alike):
+# the paper's code scales images to [-1, 1], also for DINOv2
+PIPELINE_INPUT = "paper"
+
+
+class EncoderIO:
+    """How the pipeline talks to an encoder: ``transform`` maps images (B, 3, H, W) in [0, 1] to the
+    encoder's input, and the outputs of blocks ``taps`` (0-based) feed the heads."""
+
+    def __init__(self, transform: InputTransform, taps: tuple[int, ...]):
+        self.transform, self.taps = transform, tuple(taps)
+
+    def __repr__(self) -> str:
+        return f"EncoderIO(transform={self.transform!r}, taps={self.taps})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, EncoderIO) and (self.transform, self.taps) == (other.transform, other.taps)
+
+
+def encoder_io(encoder: nn.Module, mode: str = PIPELINE_INPUT) -> EncoderIO:
+    """The input transform and tapped blocks of ``encoder``, derived from the encoder itself.
+
+    ``transform``: :func:`input_transform` (``mode='paper'``, the pipeline's: ``2 * x - 1`` for every
+    encoder; ``'pretrained'``: the backbone's own mean / std); ``taps``: :func:`backbone_taps`, 4 evenly
+    spaced blocks (equal to ``Profile.taps`` of a profile whose ``depth`` is the encoder's). Used by
+    ``training.build_model`` (the model's taps), the foundation's pretraining (its input) and
+    ``models.encoder_features``."""
+    return EncoderIO(input_transform(encoder, mode), backbone_taps(encoder))

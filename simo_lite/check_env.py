@@ -11,6 +11,7 @@ OPTIONAL = ["pytest", "nbval", "jupyterlab"]
 
 
 def check(verbose: bool = True) -> bool:
+    """Print one line per dependency, the device and the folders; True when nothing required fails."""
     ok = True
     print(f"python {platform.python_version()} ({sys.executable})")
     for name, required in [(n, True) for n in REQUIRED] + [(n, False) for n in OPTIONAL]:
@@ -24,16 +25,14 @@ def check(verbose: bool = True) -> bool:
     try:
         import torch
 
-        from . import __version__
-        from .course import REPO
+        from . import __version__, paths
         from .profiles import resolve_device
-        from .scenes import _cache_dir
         dev = resolve_device("auto")
         gpu = f" ({torch.cuda.get_device_name(0)})" if dev.type == "cuda" else ""
         print(f"OK    simo_lite      {__version__}")
         print(f"device: {dev}{gpu}; torch threads: {torch.get_num_threads()}")
-        print(f"cache dir: {_cache_dir()}")
-        print(f"run dir:   {REPO / 'runs'}")
+        print(f"cache dir: {paths.cache_dir()}")
+        print(f"run dir:   {paths.runs_root()}")
     except Exception as e:
         print(f"FAIL  simo_lite      {type(e).__name__}: {e}")
         ok = False

@@ -31,15 +31,22 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from . import __version__
 from . import profiles as P
+from .data import DATASETS, DEFAULT_DATASET
+from .paths import NOTEBOOK_DIR, REPO, runs_root
+from .progress import progress_enabled
+
+if TYPE_CHECKING:
+    import matplotlib.figure
+    import torch
 
 __all__ = ["Course", "setup", "notebooks", "run", "sweep", "default_run_dir", "runs_root", "atomic_write_text",
            "UsageError", "NotebookFailed", "REPO", "NOTEBOOK_BUDGET_S"]
 
-REPO = Path(__file__).resolve().parent.parent
-NOTEBOOK_DIR = REPO / "notebooks"
+# REPO and NOTEBOOK_DIR (simo_lite.paths) are re-exported here: course.REPO keeps working
 # per-notebook time limits (seconds) by profile, enforced by the runner
 NOTEBOOK_BUDGET_S = {"smoke": 120, "cpu": 1200, "gpu": 3600, "paper": 4 * 3600}
 
@@ -62,7 +69,7 @@ class Course:
     def results(self) -> Path:
         return self.run_dir / "results"
 
-    def save_figure(self, fig, name: str, notebook: str = "") -> Path:
+    def save_figure(self, fig: "matplotlib.figure.Figure", name: str, notebook: str = "") -> Path:
         """Save a matplotlib figure as PNG under ``<run_dir>/figures`` and return its path."""
         self.figures.mkdir(parents=True, exist_ok=True)
         path = self.figures / f"{notebook + '-' if notebook else ''}{name}.png"
@@ -75,19 +82,11 @@ class Course:
         return atomic_write_text(self.results / f"{name}.json", json.dumps(results, indent=1, default=float))
 
 
-def progress_enabled(show_progress: bool | None = None) -> bool:
-    """:func:`simo_lite.training.progress_enabled`, imported on first use (``training`` imports torch)."""
-    from .training import progress_enabled as enabled
-    return enabled(show_progress)
+# progress_enabled (simo_lite.progress, no torch) and runs_root (simo_lite.paths) are imported above
+# and keep their names here: course.progress_enabled, course.runs_root
 
 
-def runs_root() -> Path:
-    """The folder of the run folders: ``$SIMO_LITE_RUNS`` when set (``--runs-root``), else the repository's ``runs/``."""
-    env = os.environ.get("SIMO_LITE_RUNS", "")
-    return Path(env).expanduser().absolute() if env else REPO / "runs"
-
-
-def atomic_write_text(path, text: str) -> Path:
+def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a uniquely named temporary file in the same folder and
     ``os.replace``: a reader, or a run interrupted half-way, sees the old file or the new one, never a part."""
     path = Path(path)
@@ -114,8 +113,8 @@ _NOT_RUN_DEFINING = ("run_dir", "show_progress", "device")
 _NOT_IN_NAME = ("data_dir", "weights")
 
 
-def default_run_dir(profile: str, seed: int, dataset: str = "scenes", *, params: dict | None = None,
-                    root=None) -> Path:
+def default_run_dir(profile: str, seed: int, dataset: str = DEFAULT_DATASET, *, params: dict | None = None,
+                    root: str | Path | None = None) -> Path:
     """The folder of a run, the one naming rule of setup, the runner and the sweeps.
 
     ``runs/<profile>-<seed>``, or ``runs/<profile>-<dataset>-<seed>`` for a real dataset, followed by
@@ -126,7 +125,7 @@ def default_run_dir(profile: str, seed: int, dataset: str = "scenes", *, params:
     ``run-params.json`` records them and the runner refuses a folder made with other ones). ``root``
     replaces ``runs/`` (default: :func:`runs_root`, i.e. ``$SIMO_LITE_RUNS`` when set).
     """
-    name = f"{profile}-{seed}" if dataset == "scenes" else f"{profile}-{dataset}-{seed}"
+    name = f"{profile}-{seed}" if dataset == DEFAULT_DATASET else f"{profile}-{dataset}-{seed}"
     named = {k: v for k, v in _defining(params or {}).items() if k not in _NOT_IN_NAME}
     if named:
         suffix = ",".join(f"{k}={_slug(v)}" for k, v in sorted(named.items()))
@@ -138,7 +137,7 @@ def default_run_dir(profile: str, seed: int, dataset: str = "scenes", *, params:
 
 
 def setup(profile: str = "cpu", seed: int = 0, run_dir: str = "", device: str = "auto",
-          show_progress: bool = True, expect_version: str | None = None, dataset: str = "scenes",
+          show_progress: bool = True, expect_version: str | None = None, dataset: str = DEFAULT_DATASET,
           data_dir: str = "", backbone: str = "", weights: str = "", restrict: dict | None = None,
           **overrides) -> Course:
     """Validate notebook parameters and return a :class:`Course`; prints a one-line summary.
@@ -182,22 +181,23 @@ def setup(profile: str = "cpu", seed: int = 0, run_dir: str = "", device: str = 
     ctx = Course(prof, seed, dev, path, progress_enabled(values["show_progress"]), values)
     print(f"simo_lite {__version__} | torch {torch.__version__} | profile {prof.name} | seed {seed} | "
           f"device {dev} | run_dir {path}"
-          + ("" if prof.dataset == "scenes" else f" | dataset {prof.dataset} ({prof.data_dir})")
+          + (f" | dataset {prof.dataset} ({prof.data_dir})" if DATASETS[prof.dataset].from_files else "")
           + (f" | backbone {prof.backbone} ({prof.weights})" if prof.backbone else ""))
     return ctx
 
 
 def real_data_profile(prof: P.Profile, overrides: dict | None = None) -> P.Profile:
-    """Fill a profile's fields from a timm backbone (patch, width, depth, heads) and a real dataset
-    (split sizes from the files; augmentation on unless ``overrides`` says otherwise)."""
+    """Fill a profile's fields from a timm backbone (patch, width, depth, heads) and a dataset read
+    from files (split sizes from the files, ``DatasetSpec.split_sizes``; augmentation on unless
+    ``overrides`` says otherwise)."""
     overrides = overrides or {}
     fields = {}
     if prof.backbone:
         from .backbones import backbone_dims
         fields.update({k: v for k, v in backbone_dims(prof.backbone).items() if k not in overrides})
-    if prof.dataset != "scenes":
-        from .datasets import split_sizes
-        sizes = split_sizes(prof.dataset, prof.data_dir)
+    spec = DATASETS[prof.dataset]
+    if spec.from_files:
+        sizes = spec.split_sizes(prof)
         fields.update(n_train=sizes["train"], n_val=sizes["val"], n_test=sizes["test"])
         fields.setdefault("augment", overrides.get("augment", True))
     return P.get(prof, **fields) if fields else prof
@@ -230,7 +230,7 @@ class NotebookFailed(SystemExit):
         self.run_dir = run_dir
 
 
-def notebooks(only=None) -> list[Path]:
+def notebooks(only: Iterable[str | int] | None = None) -> list[Path]:
     """The course notebooks in order (``NN_name.ipynb``), optionally only those whose prefix is in ``only``."""
     books = sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     if only:
@@ -244,7 +244,7 @@ def notebooks(only=None) -> list[Path]:
     return books
 
 
-def notebook_parameters(path) -> dict:
+def notebook_parameters(path: str | Path) -> dict:
     """The ``name = <literal>`` defaults of a notebook's ``parameters`` cell (``{}`` without one).
 
     Read from the file (no kernel, no papermill): tests/test_notebooks.py checks that every
@@ -298,8 +298,8 @@ def _scenes_only(prefix: str, parameters: dict) -> bool:
     if prefix not in SCENES_ONLY:
         return False
     name = SCENES_ONLY[prefix][0]
-    value = parameters.get(name, "scenes" if name == "dataset" else "")
-    return value not in ("", "scenes")
+    value = parameters.get(name, DEFAULT_DATASET if name == "dataset" else "")
+    return value not in ("", DEFAULT_DATASET)
 
 
 def _coerce(value: str, default=None):
@@ -357,17 +357,9 @@ def _reconcile(params: dict, name: str, value, flag: str):
     return given
 
 
-def _dataset_tasks(dataset: str) -> tuple:
-    """``simo_lite.datasets.DATASET_TASKS[dataset]`` without importing that module (it imports torch)."""
-    if "simo_lite.datasets" in sys.modules:
-        return tuple(sys.modules["simo_lite.datasets"].DATASET_TASKS[dataset])
-    tree = ast.parse((Path(__file__).parent / "datasets.py").read_text(encoding="utf-8"))
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "DATASET_TASKS"
-                                                for t in stmt.targets):
-            return tuple(ast.literal_eval(stmt.value)[dataset])
-    from .datasets import DATASET_TASKS     # not a literal any more: import it after all
-    return tuple(DATASET_TASKS[dataset])
+def _dataset_tasks(dataset: str) -> tuple[str, ...]:
+    """The tasks ``dataset`` labels (``simo_lite.data.DATASETS``, read without importing torch)."""
+    return tuple(DATASETS[dataset].tasks)
 
 
 @dataclass
@@ -398,7 +390,7 @@ def _plan_run(profile=None, seed=None, only=None, params: dict | None = None, ru
         raise UsageError(f"unknown profile {profile!r}; valid profiles: {', '.join(sorted(P.PROFILES))}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
-    dataset = params.get("dataset", "scenes")
+    dataset = params.get("dataset", DEFAULT_DATASET)
     if dataset not in P.DATASETS:
         raise UsageError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(P.DATASETS)}")
     books = notebooks(only)
@@ -426,7 +418,8 @@ def _plan_run(profile=None, seed=None, only=None, params: dict | None = None, ru
         default_run_dir(profile, seed, dataset, params=params, root=root)
     manifest = json.loads(json.dumps({"profile": profile, "seed": seed, "dataset": dataset, **_defining(params)}))
     parameters = {"profile": profile, "seed": seed, "run_dir": str(out), "show_progress": False, **params}
-    if dataset != "scenes" and "tasks" not in parameters:     # the dataset's labelled tasks, in every notebook
+    # the notebooks' default tasks are written for the default dataset: another one gets its own tasks
+    if dataset != DEFAULT_DATASET and "tasks" not in parameters:
         own = _dataset_tasks(dataset)
         parameters["tasks"] = ",".join(own)
         # 08 compares with a smaller set: the first two (or one) tasks
@@ -485,8 +478,9 @@ def _command_line(plan: _Plan, only) -> str:
     return " ".join(parts)
 
 
-def run(profile: str | None = None, seed: int | None = None, only=None, params: dict | None = None,
-        run_dir: str | None = None, timeout_s: int | None = None, quiet: bool = False) -> Path:
+def run(profile: str | None = None, seed: int | None = None, only: Iterable[str | int] | None = None,
+        params: dict | None = None, run_dir: str | None = None, timeout_s: int | None = None,
+        quiet: bool = False) -> Path:
     """Execute the notebooks with papermill into their run folder and write ``report.md``; return the folder.
 
     The folder is ``run_dir`` if given, else :func:`default_run_dir` of the run's parameters
@@ -517,11 +511,20 @@ def _execute(plan: _Plan, command: str, quiet: bool = False) -> Path:
         failed, klog = out / f"{nb.stem}.failed.ipynb", out / f".{nb.stem}.kernel.log"
         print(f"[{i}/{n}] {nb.name} ({plan.profile}) ...", end="", flush=True)
         t0 = time.perf_counter()
+        ctrl_c = _CtrlC()
         try:
-            with open(klog, "w") as log:
-                pm.execute_notebook(str(nb), str(running), parameters=nb_params, kernel_name="python3",
-                                    progress_bar=False, cwd=str(NOTEBOOK_DIR), execution_timeout=plan.timeout_s,
-                                    log_output=False, kernel_manager_class=_kernel_manager_class(log))
+            try:
+                with open(klog, "w") as log, ctrl_c:
+                    pm.execute_notebook(str(nb), str(running), parameters=nb_params, kernel_name="python3",
+                                        progress_bar=False, cwd=str(NOTEBOOK_DIR),
+                                        execution_timeout=plan.timeout_s, log_output=False,
+                                        kernel_manager_class=_kernel_manager_class(log))
+            except Exception:
+                if ctrl_c.pressed:      # Ctrl-C reaches the kernel too (same process group) and fails its cell
+                    raise KeyboardInterrupt from None
+                raise
+            if ctrl_c.pressed:          # swallowed inside papermill/nbclient: still an interrupted run
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             dt = time.perf_counter() - t0
             with _no_sigint():
@@ -560,6 +563,32 @@ def _execute(plan: _Plan, command: str, quiet: bool = False) -> Path:
         print(f"\nexecuted notebooks: {out}\nfigures:            {out / 'figures'}\n"
               f"results:            {out / 'results'}\nreport:             {report}")
     return out
+
+
+class _CtrlC:
+    """Remembers a Ctrl-C (SIGINT) during the block and raises ``KeyboardInterrupt`` as usual.
+
+    Libraries in the call (papermill, nbclient, the kernel's own interrupt) may swallow the
+    ``KeyboardInterrupt`` or turn it into a cell error; ``pressed`` still says it happened, so an
+    interrupted notebook is never taken for a complete or a failed one."""
+
+    pressed = False
+
+    def _handler(self, signum, frame):
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:              # not the main thread
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
 
 
 class _no_sigint:
@@ -675,21 +704,10 @@ def _merge_runtimes(out: Path, profile: str, runtimes: dict) -> None:
 
 
 def write_report(out: Path) -> Path:
-    """Render ``report.md`` from the run directory: runtimes, results tables and figure links."""
-    out = Path(out)
-    lines = [f"# simo_lite course run: {out.name}", ""]
-    rt = out / "runtimes.json"
-    if rt.exists():
-        lines += ["## Runtimes", "", "| notebook | seconds |", "|---|---|"]
-        for k, v in json.loads(rt.read_text()).items():
-            lines.append(f"| {k} | {v:.0f} |")
-        lines.append("")
-    for md in sorted((out / "results").glob("*.md")):
-        lines += [md.read_text().strip(), ""]
-    figs = sorted((out / "figures").glob("*.png"))
-    if figs:
-        lines += ["## Figures", ""] + [f"- [{f.name}](figures/{f.name})" for f in figs]
-    return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    """Render ``report.md`` from the run directory: runtimes, results tables and figure links
+    (:func:`simo_lite.report.run_report`)."""
+    from .report import run_report
+    return atomic_write_text(Path(out) / "report.md", run_report(out))
 
 
 def _results_snapshot(out: Path) -> dict:
@@ -814,14 +832,11 @@ def sweep(grid_file: str, profile: str | None = None, only=None, collect: str = 
 
 
 def _write_sweep_table(base: Path, rows: list[dict]) -> Path:
-    """``sweep.md`` (status and results per combination, folder last) and ``sweep.json``, atomically."""
-    cols = [c for c in dict.fromkeys(c for r in rows for c in r) if c != "run_dir"]
-    table = ["| " + " | ".join(cols) + " | run |", "|" + "---|" * (len(cols) + 1)]
-    for r in rows:
-        table.append("| " + " | ".join(_fmt(r.get(c, "")).replace("|", "/") for c in cols)
-                     + f" | {Path(r['run_dir']).name} |")
+    """``sweep.md`` (status and results per combination, folder last; :func:`simo_lite.report.sweep_markdown`)
+    and ``sweep.json``, atomically."""
+    from .report import sweep_markdown
     atomic_write_text(base / "sweep.json", json.dumps(rows, indent=1))
-    return atomic_write_text(base / "sweep.md", "\n".join(table) + "\n")
+    return atomic_write_text(base / "sweep.md", sweep_markdown(rows))
 
 
 def _flatten(obj, prefix: str, out: dict) -> None:
@@ -832,11 +847,7 @@ def _flatten(obj, prefix: str, out: dict) -> None:
         out[prefix] = obj
 
 
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m simo_lite.course", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="execute the course notebooks in order")

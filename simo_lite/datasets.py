@@ -33,76 +33,59 @@ Splits (the paper's): NYUv2 train = all of ``train/`` (795); the official 654 te
 595 validation; the official ``val/`` (500) is the test split. Both random splits use a permutation
 of a FIXED seed (:data:`SPLIT_SEED`, independent of the course seed), and smaller folders (fixtures,
 subsets) are split in the same proportions (:func:`split_sizes`).
+
+Each dataset's layout (sub-folders, which folder is split, the held-out share, disparity) is a field
+of its :class:`~simo_lite.data.DatasetSpec` in :data:`simo_lite.data.DATASETS`: a new dataset in this
+layout is one ``register_dataset`` call there, and nothing here changes.
 """
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .profiles import NATIVE_HW
+from . import progress as pg
+from .data import DATASET_TASKS, DATASETS, NATIVE_HW, DatasetSpec
+from .types import Split
 
 __all__ = ["DATASET_TASKS", "NATIVE_HW", "SPLIT_SEED", "CITYSCAPES_CLASSES", "num_classes", "layout",
            "split_sizes", "split_indices", "load_real", "resize_batch", "augment", "augmenter"]
 
-DATASET_TASKS = {
-    "scenes": ("seg", "depth", "normals", "edges", "albedo"),
-    "nyuv2": ("seg", "depth", "normals"),
-    "cityscapes": ("seg", "depth"),
-}
-REAL_DATASETS = ("nyuv2", "cityscapes")
-CITYSCAPES_CLASSES = (7, 19)
+# DATASET_TASKS ({dataset: the tasks it labels}) and NATIVE_HW ({dataset: native (H, W)}) are views of
+# the dataset registry (simo_lite.data.DATASETS), where each dataset's folder layout is described too.
+CITYSCAPES_CLASSES = DATASETS["cityscapes"].seg_classes     # (7, 19)
 SPLIT_SEED = 42  # the seed of the paper's code; any constant works, it must not follow the course seed
 
-# the paper's split of each folder: (folder, size in the paper, share that becomes the held-out split)
-#   nyuv2 val/ (654)       -> 400 val + 254 test       cityscapes train/ (2975) -> 2380 train + 595 val
-_SPLIT_RATIO = {"nyuv2": (400, 654), "cityscapes": (595, 2975)}
 
-
-def _check_dataset(dataset: str) -> None:
-    if dataset == "scenes":
-        raise ValueError("dataset 'scenes' is rendered, not read from files: use simo_lite.scenes.load_split")
-    if dataset not in REAL_DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(REAL_DATASETS)} (and 'scenes')")
+def _file_spec(dataset: str) -> DatasetSpec:
+    """The spec of a dataset read from files; a clear error for an unknown or a rendered one."""
+    spec = DATASETS[dataset]             # unknown: "unknown dataset 'x'; valid: scenes, nyuv2, cityscapes"
+    if not spec.from_files:
+        raise ValueError(f"dataset {dataset!r} is rendered, not read from files: use simo_lite.scenes.load_split "
+                         f"(datasets read from files: {', '.join(n for n, s in DATASETS.items() if s.from_files)})")
+    return spec
 
 
 def num_classes(dataset: str, classes: int | None = None) -> int:
-    """Segmentation classes: Scenes 6, NYUv2 13, Cityscapes ``classes`` (7 categories or 19 classes; default 7)."""
-    if dataset == "scenes":
-        from .scenes import NUM_CLASSES
-        return NUM_CLASSES
-    _check_dataset(dataset)
-    if dataset == "nyuv2":
-        if classes not in (None, 13):
-            raise ValueError(f"NYUv2 has 13 segmentation classes, got classes={classes}")
-        return 13
-    classes = 7 if classes is None else int(classes)
-    if classes not in CITYSCAPES_CLASSES:
-        raise ValueError(f"Cityscapes segmentation has 7 or 19 classes, got classes={classes}")
-    return classes
+    """Segmentation classes: Scenes 6, NYUv2 13, Cityscapes ``classes`` (7 categories or 19 classes; default 7).
 
-
-def _label_folder(dataset: str, classes: int | None) -> str:
-    return "label" if dataset == "nyuv2" else f"label_{num_classes(dataset, classes)}"
+    ``classes`` None is the dataset's default; a count the dataset does not offer is an error."""
+    return DATASETS[dataset].check_classes(classes)
 
 
 def _folders(dataset: str, classes: int | None) -> dict[str, str]:
     """{tensor key: sub-folder} of one split folder."""
-    f = {"image": "image", "seg": _label_folder(dataset, classes), "depth": "depth"}
-    if dataset == "nyuv2":
-        f["normals"] = "normal"
-    return f
+    spec = _file_spec(dataset)
+    return {k: f.format(classes=num_classes(dataset, classes)) if "{" in f else f for k, f in spec.folders.items()}
 
 
 def layout(dataset: str, classes: int | None = None) -> str:
     """The expected folder layout of ``dataset`` as a text tree (used in error messages)."""
-    _check_dataset(dataset)
-    h, w = NATIVE_HW[dataset]
+    h, w = _file_spec(dataset).native_hw
     shapes = {"image": f"({h}, {w}, 3) float in [0, 1]",
               "seg": f"({h}, {w}) float class ids, -1 = ignore",
               "depth": f"({h}, {w}, 1) float, 0 = invalid",
@@ -128,7 +111,7 @@ def _folder_size(root: Path, dataset: str, split_folder: str) -> int:
 
 def _held_out(dataset: str, n: int) -> int:
     """Size of the held-out part when a folder of ``n`` images is split (400/654 or 595/2975 of it)."""
-    k, total = _SPLIT_RATIO[dataset]
+    k, total = _file_spec(dataset).held_out
     if n < 2:
         raise ValueError(f"{dataset}: a folder that is split in two needs at least 2 images, found {n}")
     return min(max(int(math.floor(n * k / total + 0.5)), 1), n - 1)
@@ -148,14 +131,13 @@ def split_indices(dataset: str, data_dir: str | Path, split: str) -> tuple[str, 
     ``torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))``, the one
     ``torch.utils.data.random_split(range(n), [k, n - k], generator=...)`` draws.
     """
-    _check_dataset(dataset)
+    spec = _file_spec(dataset)
     if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; valid: train, val, test")
     root = Path(data_dir)
-    whole = {"nyuv2": {"train": "train"}, "cityscapes": {"test": "val"}}[dataset]
-    if split in whole:
-        return whole[split], list(range(_folder_size(root, dataset, whole[split])))
-    folder = "val" if dataset == "nyuv2" else "train"
+    if split in spec.whole:
+        return spec.whole[split], list(range(_folder_size(root, dataset, spec.whole[split])))
+    folder = spec.divided
     n = _folder_size(root, dataset, folder)
     k = _held_out(dataset, n)
     perm = _permutation(n)
@@ -228,7 +210,7 @@ def _renormalise(normals: torch.Tensor) -> torch.Tensor:
 _BILINEAR = ("image", "albedo")
 
 
-def resize_batch(batch: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+def resize_batch(batch: Split, size: tuple[int, int]) -> Split:
     """A batch resized to ``size`` = (H, W): images bilinear (antialiased), every label nearest
     (``nearest-exact``: values always come from the original set, so -1 / 0 invalid pixels stay
     invalid), normals nearest then renormalised. Keys keep their shapes and dtypes otherwise."""
@@ -252,7 +234,7 @@ def resize_batch(batch: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[
 
 
 def load_real(dataset: str, data_dir: str | Path, split: str, size: tuple[int, int] | int | None = None,
-              classes: int | None = None, n: int | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
+              classes: int | None = None, n: int | None = None, progress: bool = False) -> Split:
     """Split ``split`` ('train', 'val' or 'test') of a real dataset as tensors (see module docstring).
 
     Args:
@@ -270,7 +252,7 @@ def load_real(dataset: str, data_dir: str | Path, split: str, size: tuple[int, i
     Returns:
         {'image', 'seg', 'depth'[, 'normals']}: float32 / int64 tensors with N images of size (H, W).
     """
-    _check_dataset(dataset)
+    _file_spec(dataset)
     C = num_classes(dataset, classes)
     folder, idx = split_indices(dataset, data_dir, split)
     if n is not None:
@@ -285,10 +267,7 @@ def load_real(dataset: str, data_dir: str | Path, split: str, size: tuple[int, i
         if not (root / sub).is_dir():
             raise FileNotFoundError(f"{dataset}: folder {root / sub} not found ({key}); expected layout:\n"
                                     f"{layout(dataset, classes)}")
-    it = idx
-    if progress and len(idx) > 50 and not os.environ.get("CI"):
-        from tqdm.auto import tqdm
-        it = tqdm(idx, desc=f"loading {dataset} {split}", unit="img")
+    it = pg.progress(idx, f"loading {dataset} {split}", show=progress, min_total=51, unit="img")
     out: dict[str, torch.Tensor] = {}
     native = None
     for j, i in enumerate(it):
@@ -311,8 +290,8 @@ def load_real(dataset: str, data_dir: str | Path, split: str, size: tuple[int, i
 # ----------------------------------------------------------------------------------------------
 # Augmentation
 # ----------------------------------------------------------------------------------------------
-def augment(batch: dict[str, torch.Tensor], generator: torch.Generator, scales=(1.0, 1.2, 1.5),
-            flip: bool = True, disparity: bool = False) -> dict[str, torch.Tensor]:
+def augment(batch: Split, generator: torch.Generator, scales: Sequence[float] = (1.0, 1.2, 1.5),
+            flip: bool = True, disparity: bool = False) -> Split:
     """Random scale-crop and horizontal flip of every image of a batch (MTAN's RandomScaleCrop).
 
     Per image: a scale ``s`` from ``scales``; a window of (int(H/s), int(W/s)) pixels at a uniformly
@@ -326,6 +305,8 @@ def augment(batch: dict[str, torch.Tensor], generator: torch.Generator, scales=(
     device), so the same generator state gives the same batch; the input is not modified. Tensors may
     live on any device. Shapes: image (B,3,H,W), seg (B,H,W), depth (B,1,H,W), normals (B,3,H,W).
     """
+    if not scales or any(float(x) < 1 for x in scales):
+        raise ValueError(f"augment: scales must be zoom factors >= 1 (1 = no crop), at least one, got {tuple(scales)}")
     keys = list(batch)
     if not keys:
         return {}
@@ -355,11 +336,11 @@ def augment(batch: dict[str, torch.Tensor], generator: torch.Generator, scales=(
     return out
 
 
-def augmenter(dataset: str, scales=(1.0, 1.2, 1.5)) -> Callable[[dict, torch.Generator], dict]:
+def augmenter(dataset: str, scales: Sequence[float] = (1.0, 1.2, 1.5)) -> Callable[[Split, torch.Generator], Split]:
     """``augment`` set up for ``dataset``: Cityscapes' depth is disparity (multiplied by the scale)."""
-    disparity = dataset == "cityscapes"
+    disparity = DATASETS[dataset].disparity
 
-    def fn(batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def fn(batch: Split, generator: torch.Generator) -> Split:
         return augment(batch, generator, scales=scales, disparity=disparity)
 
     fn.__name__ = f"augment_{dataset}"

@@ -16,8 +16,11 @@ paper's Fig. 1: normalised performance against the number of merged tasks.
 from __future__ import annotations
 
 import itertools
+from typing import Callable, Sequence
 
 import torch
+
+from .types import StateDict
 
 __all__ = ["linear_cka", "feature_stats", "feature_drift", "head_swap_matrix", "merge_combinations"]
 
@@ -71,7 +74,8 @@ def feature_drift(reference: torch.Tensor, other: torch.Tensor, max_tokens: int 
     return rows
 
 
-def head_swap_matrix(encoders: dict, tasks, evaluate_encoder) -> dict[str, dict[str, float]]:
+def head_swap_matrix(encoders: dict[str, StateDict], tasks: Sequence[str],
+                     evaluate_encoder: Callable[[StateDict], dict[str, float]]) -> dict[str, dict[str, float]]:
     """Metric of every (encoder, head) pair: {encoder name: {task: metric}}.
 
     ``encoders`` maps a name (e.g. 'expert-seg', 'merged') to an encoder state dict;
@@ -80,12 +84,18 @@ def head_swap_matrix(encoders: dict, tasks, evaluate_encoder) -> dict[str, dict[
     return {name: evaluate_encoder(state) for name, state in encoders.items()}
 
 
-def merge_combinations(tasks, score_subset, min_size: int = 1) -> dict[int, list[dict]]:
+def merge_combinations(tasks: Sequence[str], score_subset: Callable[[tuple[str, ...]], dict[str, float]],
+                       min_size: int = 1) -> dict[int, list[dict]]:
     """Normalised performance against the number of merged tasks, over every task subset (paper Fig. 1).
 
     ``score_subset(subset) -> {task: normalised performance}`` merges the experts of ``subset`` and
     scores each of its tasks against its expert. Returns {k: [{"tasks": subset, "mean": m, "per_task": {...}}]}.
     """
+    if isinstance(tasks, str):
+        raise TypeError(f"merge_combinations: tasks must be task names (e.g. ('seg', 'depth')), got the string {tasks!r}; "
+                        f"resolve a task set with simo_lite.tasks.get_tasks")
+    if min_size < 1:
+        raise ValueError(f"merge_combinations: min_size must be >= 1 (subsets of at least one task), got {min_size}")
     out: dict[int, list[dict]] = {}
     tasks = list(tasks)
     for k in range(min_size, len(tasks) + 1):

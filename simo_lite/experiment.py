@@ -1,15 +1,25 @@
 """One experiment = one profile, seed and task set: experts, MTL, merges, fixes, and the results table.
 
-Every expensive piece is an artifact in the run directory's store (:mod:`simo_lite.store`): models,
-alpha sweeps and table rows are stored under keys that chain the keys of their inputs (data ->
-foundation -> experts -> merges -> alpha sweeps -> fixes -> rows), so the notebooks can each call what
-they need, a later notebook reuses what an earlier one built, and a change anywhere upstream (new
-data, another expert recipe) recomputes everything downstream of it, with the reason logged.
+:class:`Experiment` only orchestrates: constructing one loads nothing (the data, the foundation and
+their keys are loaded on first use), training lives in :mod:`simo_lite.training`, merging in
+:mod:`simo_lite.merging`, fixes in :mod:`simo_lite.fixes`, files in the run directory's store
+(:mod:`simo_lite.store`) and table Markdown in :mod:`simo_lite.report`. Models, alpha sweeps and
+table rows are store artifacts whose keys chain the keys of their inputs (data -> foundation ->
+experts -> merges -> alpha sweeps -> fixes -> rows), so the notebooks can each call what they need,
+a later notebook reuses what an earlier one built, and a change anywhere upstream recomputes
+everything downstream of it, with the reason logged.
+
+Rows of the results table are (method, fix) pairs (:mod:`simo_lite.rows`): a baseline ("experts",
+"mtl", "tall") or a merge method (``merging.MERGE_METHODS``), with an optional fix
+(``fixes.FIXES``). A row's id, used in stored JSON and tables, is derived from the pair:
+``("ta", "head")`` -> ``"ta+head"``, ``("ta", None)`` -> ``"ta"``. A merge method or fix registered
+outside the package gets its rows without any edit here::
 
     exp = Experiment.from_course(ctx, "nyu3")
     exp.experts()                      # {task: (model, record)}, trained or loaded
     alpha, scores = exp.select_alpha("ta")
     table = exp.results_table()        # the paper's Table 1 format, Markdown + JSON in run_dir/results
+    exp.results_table(rows=[("ta", "head"), ("my_merge", None), ("my_merge", "my_fix")], write=False)
 """
 from __future__ import annotations
 
@@ -21,68 +31,112 @@ from pathlib import Path
 
 import torch
 
+from . import fixes as fx
 from . import merging
+from . import report
 from . import store as st
+from .data import DATASETS, DEFAULT_DATASET
+from .coefficients import learn_layer_coefficients
 from .foundation import load_foundation
 from .metrics import delta_m, normalized_performance
 from .models import SimoModel
 from .profiles import Profile
-from .realign import head_realign, representation_realign
+from .rows import BASELINES, ROWS, TABLE_ROWS, RowSpec, row_label, row_spec
 from .tasks import get_task, get_tasks, lower_is_better
 from .training import (RunRecord, build_model, evaluate, expert_artifact, load_data, mtl_artifact, train_expert,
                        train_mtl)
 
-__all__ = ["Experiment", "ROWS"]
+__all__ = ["Experiment", "ROWS", "TABLE_ROWS", "RowSpec", "row_spec", "row_label"]
 
 ROW_VERSION = 2        # of the row computation (part of every row's key)
 ALPHA_VERSION = 3      # of the alpha sweep (part of every sweep's key)
-COST_FIELDS = ("steps", "samples", "trainable_params", "wall_s")
-
-# rows of the results table, in the paper's Table 1 order (+ TALL and the LoRA variant)
-ROWS = ("experts", "mtl", "zeroshot", "ta", "ties", "tall", "ta+head", "ta+repr", "ta+lora", "ties+head",
-        "ties+repr", "ties+lora")
+COST_FIELDS = report.COST_FIELDS
 
 
+# ------------------------------------------------------------------------------------------------
+# the experiment
+# ------------------------------------------------------------------------------------------------
 class Experiment:
+    """Experts, MTL, merges, fixes and the results table of one profile, seed and task set.
+
+    Nothing is loaded or trained when it is constructed: :attr:`data`, :attr:`foundation` and their
+    keys load on first use, every model when first asked for (from the run directory's store when
+    it holds it)."""
+
     def __init__(self, profile: Profile, tasks="nyu3", seed: int = 0, device="cpu", run_dir="runs/exp",
                  progress: bool = False, ties_k: float = 0.2, adapter_rank: int = 16, realign_samples: int | None = None):
         self.profile, self.seed, self.device, self.progress = profile, seed, torch.device(device), progress
         self.tasks = get_tasks(tasks)
-        if profile.dataset != "scenes":
-            from .datasets import DATASET_TASKS
-            missing = [t for t in self.tasks if t not in DATASET_TASKS[profile.dataset]]
-            if missing:
-                raise ValueError(f"dataset {profile.dataset!r} has no labels for {missing}; its tasks: "
-                                 f"{', '.join(DATASET_TASKS[profile.dataset])}")
+        labelled = DATASETS[profile.dataset].tasks
+        missing = [t for t in self.tasks if t not in labelled]
+        if missing:
+            raise ValueError(f"dataset {profile.dataset!r} has no labels for {missing}; its tasks: {', '.join(labelled)}")
+        if realign_samples is not None and not 1 <= realign_samples <= profile.n_val:
+            raise ValueError(f"realign_samples must be in 1..{profile.n_val} (the val split), got {realign_samples}")
+        self.realign_samples = realign_samples
         self.run_dir = Path(run_dir)
         self.store = st.Store(self.run_dir)
         self.ties_k, self.adapter_rank = ties_k, adapter_rank
-        self.data = load_data(profile, seed, progress=progress)
-        self.data_key = st.data_key(self.data)          # train / val / test tensors (before val_realign)
-        if realign_samples is not None:
-            if not 1 <= realign_samples <= profile.n_val:
-                raise ValueError(f"realign_samples must be in 1..{profile.n_val} (the val split), got {realign_samples}")
-            self.data["val_realign"] = {k: v[:realign_samples] for k, v in self.data["val"].items()}
-        else:
-            self.data["val_realign"] = self.data["val"]
-        self.foundation, self.foundation_hash = load_foundation(profile, self.run_dir, seed, self.device, progress,
-                                                                data=self.data)
-        self.foundation_key = st.foundation_key(self.foundation_hash, self.foundation)
+        self.lower = lower_is_better(self.tasks)
+        self._data = self._data_key = None
+        self._foundation = self._foundation_hash = self._foundation_key = None
         self._experts: dict = {}
         self._alphas: dict = {}
         self._tvs: dict = {}
-        self.lower = lower_is_better(self.tasks)
 
     @classmethod
     def from_course(cls, ctx, tasks="nyu3", **kw) -> "Experiment":
         return cls(ctx.profile, tasks, ctx.seed, ctx.device, ctx.run_dir, ctx.progress, **kw)
 
+    # -- lazily loaded inputs ----------------------------------------------------------------------
+    @property
+    def data(self) -> dict:
+        """{split: {key: tensor}}: train, val, test and ``val_realign`` (the first ``realign_samples``
+        val images, or all of them), loaded on first use."""
+        if self._data is None:
+            data = load_data(self.profile, self.seed, progress=self.progress)
+            key = st.data_key(data)                      # train / val / test tensors (before val_realign)
+            n = self.realign_samples
+            data["val_realign"] = data["val"] if n is None else {k: v[:n] for k, v in data["val"].items()}
+            self._data, self._data_key = data, key
+        return self._data
+
+    @property
+    def data_key(self) -> str:
+        """The store key of :attr:`data`."""
+        if self._data_key is None:
+            self.data
+        return self._data_key
+
+    def _load_foundation(self) -> None:
+        if self._foundation is None:
+            state, h = load_foundation(self.profile, self.run_dir, self.seed, self.device, self.progress,
+                                       data=self.data)
+            self._foundation_key = st.foundation_key(h, state)
+            self._foundation, self._foundation_hash = state, h
+
+    @property
+    def foundation(self) -> dict:
+        """The foundation encoder's state dict (theta_0), loaded (or pretrained) on first use."""
+        self._load_foundation()
+        return self._foundation
+
+    @property
+    def foundation_hash(self) -> str:
+        self._load_foundation()
+        return self._foundation_hash
+
+    @property
+    def foundation_key(self) -> str:
+        self._load_foundation()
+        return self._foundation_key
+
     # -- experts and baselines -----------------------------------------------------------------
     def expert(self, task: str) -> tuple[SimoModel, RunRecord]:
         if task not in self._experts:
             self._experts[task] = train_expert(task, self.foundation, self.foundation_key, self.profile, self.data,
-                                               self.run_dir, self.seed, self.device, self.progress,
-                                               data_key=self.data_key)
+                                               self.run_dir, seed=self.seed, device=self.device,
+                                               progress=self.progress, data_key=self.data_key)
         return self._experts[task]
 
     def expert_artifact(self, task: str) -> st.Artifact:
@@ -107,7 +161,7 @@ class Experiment:
 
     def mtl(self) -> tuple[SimoModel, RunRecord]:
         return train_mtl(self.tasks, self.foundation, self.foundation_key, self.profile, self.data, self.run_dir,
-                         self.seed, self.device, self.progress, data_key=self.data_key)
+                         seed=self.seed, device=self.device, progress=self.progress, data_key=self.data_key)
 
     def task_vectors(self, tasks=None) -> dict[str, dict]:
         tasks = get_tasks(tasks) if tasks is not None else self.tasks
@@ -272,98 +326,86 @@ class Experiment:
     def layer_coefficients(self, steps: int | None = None, lr: float = 1e-2) -> tuple[torch.Tensor, list, list]:
         """Paper Fig. 2: per-task, per-layer merging coefficients learned on the validation split."""
         model = self.with_heads(self.foundation)
-        return merging.learn_layer_coefficients(self.foundation, self.task_vectors(), model, self.data["val"],
-                                                steps=steps or self.profile.realign_steps // 2, lr=lr,
-                                                batch_size=self.profile.batch_size, seed=self.seed,
-                                                device=self.device, progress=self.progress)
+        return learn_layer_coefficients(self.foundation, self.task_vectors(), model, self.data["val"],
+                                       steps=steps or self.profile.realign_steps // 2, lr=lr,
+                                       batch_size=self.profile.batch_size, seed=self.seed,
+                                       device=self.device, progress=self.progress)
 
     # -- fixes --------------------------------------------------------------------------------
+    def fix(self, name: str, model: SimoModel, **options) -> tuple[SimoModel, RunRecord]:
+        """Apply the fix ``name`` (a name in ``fixes.FIXES``) to ``model``: (fixed copy, its cost)."""
+        spec = fx.FIXES[name]
+        unknown = sorted(set(options) - set(spec.options))
+        if unknown:
+            raise ValueError(f"fix {name!r}: unknown option(s) {unknown}; it takes: {', '.join(spec.options) or 'none'}")
+        return spec.apply(self, model, **options)
+
     def head_realigned(self, model: SimoModel, cached: bool = True, steps: int | None = None):
-        return head_realign(model, self.data["val_realign"], self.tasks, steps=steps or self.profile.realign_steps,
-                            lr=self.profile.lr_head, batch_size=self.profile.batch_size, seed=self.seed,
-                            device=self.device, progress=self.progress, cached=cached)
+        """Head realignment of ``model`` on the realignment split (the "head" fix)."""
+        return self.fix("head", model, cached=cached, steps=steps)
 
     def repr_realigned(self, model: SimoModel, kind: str = "block", rank: int | None = None, steps: int | None = None):
-        """Representation realignment of ``model`` on the realignment split, cached in ``run_dir/realign``
-        under a key that chains ``model``'s weights (content fingerprint) and the split's key."""
-        return representation_realign(model, self.data["val_realign"], self.tasks, rank=rank or self.adapter_rank,
-                                      kind=kind, steps=steps or self.profile.realign_steps,
-                                      lr=self.profile.lr_finetune * 2, batch_size=self.profile.batch_size,
-                                      seed=self.seed, device=self.device, progress=self.progress,
-                                      cache_dir=self.run_dir / "realign")
+        """Representation realignment of ``model`` on the realignment split (the "repr" fix for kind
+        "block", "lora" for kind "lora"), cached in the store's ``realign/`` folder under a key that
+        chains ``model``'s weights (content fingerprint) and the split's key."""
+        return fx.adapter_realignment(self, model, kind=kind, rank=rank, steps=steps)
 
     # -- the table ----------------------------------------------------------------------------
-    def _cache_path(self, kind: str, extra: dict) -> Path:
-        """run_dir/<kind>s/<tasks>-<key>.json for a result of this experiment's set-up (data, foundation,
-        experts) and ``extra`` settings."""
-        art = st.Artifact(kind, "+".join(self.tasks), {"tasks": list(self.tasks), "profile": self.profile.to_dict(),
-                                                       "seed": self.seed, **extra}, self._upstream())
-        return self.store.path(f"{kind}s", art)
-
-    def row_artifact(self, name: str) -> st.Artifact:
-        """The store artifact of table row ``name``: its settings + the keys of everything it uses (data,
-        foundation, every expert; the MTL model for "mtl"; the merged model for merge and fix rows)."""
-        if name not in ROWS:
-            raise ValueError(f"unknown row {name!r}; valid: {', '.join(ROWS)}")
-        cfg = {"row": name, "tasks": list(self.tasks), "profile": self.profile.to_dict(), "seed": self.seed,
+    def row_artifact(self, row) -> st.Artifact:
+        """The store artifact of table row ``row`` (an id, a (method, fix) pair or a RowSpec): its settings
+        + the keys of everything it uses (data, foundation, every expert; a baseline's own inputs, e.g.
+        the MTL model for "mtl"; the merged model for rows of a merge method that sweeps alpha)."""
+        spec = row_spec(row)
+        cfg = {"row": spec.id, "tasks": list(self.tasks), "profile": self.profile.to_dict(), "seed": self.seed,
                "ties_k": self.ties_k, "rank": self.adapter_rank, "n_realign": len(self.data["val_realign"]["image"]),
                "version": ROW_VERSION}
         up = self._upstream()
-        method = name.partition("+")[0]
-        if name == "mtl":
-            up["mtl"] = self.mtl_artifact().key
-        elif method in ("ta", "ties"):
-            up[f"merge-{method}"] = self.merge_artifact(method).key
-        return st.Artifact("row", f"{'+'.join(self.tasks)}-{name}", cfg, up)
+        if spec.method in BASELINES:
+            baseline = BASELINES[spec.method]
+            up.update(baseline.upstream(self) if baseline.upstream else {})
+        elif merging.MERGE_METHODS[spec.method].uses_alpha:
+            up[f"merge-{spec.method}"] = self.merge_artifact(spec.method).key
+        return st.Artifact("row", f"{'+'.join(self.tasks)}-{spec.id}", cfg, up)
 
-    def _row_path(self, name: str) -> Path:
-        return self.store.path("rows", self.row_artifact(name))
+    def _compute_row(self, spec: RowSpec) -> tuple[dict, RunRecord, dict]:
+        """(test metrics, cost, extra fields) of a row: a baseline's own computation, or the merge (at the
+        alpha chosen on validation; a method that takes no alpha once, at 1.0) then the fix, if any."""
+        if spec.method in BASELINES:
+            metrics, cost, extra = BASELINES[spec.method].compute(self)
+            return metrics, cost or RunRecord(name=spec.id), extra
+        if merging.MERGE_METHODS[spec.method].uses_alpha:
+            model, alpha, scores = self.merged_model(spec.method)
+            extra = {"alpha": alpha, "val_scores": scores}
+        else:
+            model, extra = self.with_heads(self.merge(spec.method, 1.0)), {}
+        cost = RunRecord(name=spec.id)
+        if spec.fix is not None:
+            model, cost = self.fix(spec.fix, model)
+        return self.evaluate(model), cost, extra
 
-    def row(self, name: str) -> dict:
+    def row(self, row) -> dict:
         """One results-table row (cached as JSON): test metrics, normalised %, Δm both forms, cost.
 
-        A missing, stale (another key) or damaged row file is recomputed (the reason is logged)."""
-        art = self.row_artifact(name)
+        ``row``: an id ("ta+head"), a (method, fix) pair (``("ta", "head")``, ``("ta", None)``) or a
+        :class:`RowSpec`. A missing, stale (another key) or damaged row file is recomputed (the reason
+        is logged)."""
+        spec = row_spec(row)
+        art = self.row_artifact(spec)
         path = self.store.path("rows", art)
         cached = self.store.read_json(path, art, require=("row", "metrics", "normalized", "delta_m_ratio",
                                                             "delta_m_relative", "cost"))
         if cached is not None:
             return cached
         t0 = time.perf_counter()
-        extra: dict = {}
-        cost = RunRecord(name=name)
-        if name == "experts":
-            metrics = self.expert_metrics()
-            for t in self.tasks:
-                cost.add(self.expert(t)[1])
-            extra["probe"] = {t: self.expert(t)[1].metrics["probe"][t] for t in self.tasks}
-        elif name == "mtl":
-            model, rec = self.mtl()
-            metrics, cost = rec.metrics["test"], rec
-        elif name == "zeroshot":
-            metrics = self.evaluate(self.with_heads(merging.zero_shot(self.foundation)))
-        elif name == "tall":
-            metrics, extra["lambda"] = self.tall()
-            extra["note"] = "one encoder pass per task"
-        else:
-            method, _, fix = name.partition("+")
-            model, alpha, scores = self.merged_model(method)
-            extra.update(alpha=alpha, val_scores=scores)
-            if fix == "head":
-                model, cost = self.head_realigned(model)
-            elif fix in ("repr", "lora"):
-                model, cost = self.repr_realigned(model, kind="block" if fix == "repr" else "lora")
-            metrics = self.evaluate(model)
-        row = {"row": name, "tasks": list(self.tasks), "metrics": metrics,
-               "normalized": self.normalized(metrics), "delta_m_ratio": self.score(metrics, kind="ratio"),
-               "delta_m_relative": self.score(metrics, kind="relative"),
-               "cost": {k: getattr(cost, k) for k in COST_FIELDS},
-               "wall_s_total": time.perf_counter() - t0, **extra}
-        self.store.write_json(path, row, art)
-        return json.loads(json.dumps(row, default=float))     # what a later read returns
+        metrics, cost, extra = self._compute_row(spec)
+        record = report.row_record(self, spec.id, metrics, cost, tasks=self.tasks,
+                                   wall_s_total=time.perf_counter() - t0, **extra)
+        self.store.write_json(path, record, art)
+        return json.loads(json.dumps(record, default=float))     # what a later read returns
 
     def results_table(self, rows=ROWS, write: bool = True) -> list[dict]:
-        """Rows of the results table; writes results/table-<tasks>.{md,json} to the run directory."""
+        """Rows of the results table (ids, (method, fix) pairs or RowSpecs); writes
+        results/table-<tasks>.{md,json} to the run directory."""
         table = [self.row(r) for r in rows]
         if write:
             out = self.store.results_dir()
@@ -382,47 +424,21 @@ class Experiment:
             rec = self.expert(t)[1]
             rows.append({"task": t, "metric": get_task(t).metric_name, "lower_is_better": self.lower[t],
                          "probe": rec.metrics["probe"][t], "expert": rec.metrics["test"][t],
-                         "mtl": mtl_rec.metrics["test"][t],
-                         "cost": {k: getattr(rec, k) for k in COST_FIELDS}})
-        mtl_cost = {k: getattr(mtl_rec, k) for k in COST_FIELDS}
+                         "mtl": mtl_rec.metrics["test"][t], "cost": report.cost_of(rec)})
         out = {"tasks": list(self.tasks), "profile": self.profile.name, "seed": self.seed, "rows": rows,
-               "mtl_cost": mtl_cost}
+               "mtl_cost": report.cost_of(mtl_rec)}
         if write:
-            lines = [f"## Training: probe, experts and MTL ({', '.join(self.tasks)}; {self.profile.name} profile, "
-                     f"seed {self.seed}, test split)", "",
-                     "| model | task | metric | linear probe | expert (LP→FT) | MTL | steps | samples | "
-                     "trainable params | wall s |", "|---" * 10 + "|"]
-            for r in rows:
-                c = r["cost"]
-                lines.append(f"| expert-{r['task']} | {r['task']} | {r['metric']} {'↓' if r['lower_is_better'] else '↑'} | "
-                             f"{r['probe']:.4g} | {r['expert']:.4g} | {r['mtl']:.4g} | {c['steps']} | {c['samples']} | "
-                             f"{c['trainable_params']:,} | {c['wall_s']:.0f} |")
-            c = mtl_cost
-            lines.append(f"| mtl | all | | | | | {c['steps']} | {c['samples']} | {c['trainable_params']:,} | "
-                         f"{c['wall_s']:.0f} |")
             res = self.store.results_dir()
             name = "training-" + "+".join(self.tasks)
-            st.write_text(res / f"{name}.md", "\n".join(lines) + "\n")
+            st.write_text(res / f"{name}.md", report.training_markdown(out))
             st.write_json(res / f"{name}.json", out)
         return out
 
-    def to_markdown(self, table: list[dict]) -> str:
-        heads = [f"{t} {get_task(t).metric_name} {'↓' if self.lower[t] else '↑'}" for t in self.tasks]
-        lines = [f"## Results: {', '.join(self.tasks)} ({self.profile.name} profile, seed {self.seed}, test split)", "",
-                 "| method | " + " | ".join(heads) + " | Δm (ratio, paper tables) | Δm (Eq. 2) | steps | samples | "
-                 "trainable params | wall s |", "|---" * (len(heads) + 7) + "|"]
-        for r in table:
-            cells = [f"{r['metrics'][t]:.4g} ({100 * r['normalized'][t]:.1f}%)" for t in self.tasks]
-            c = r["cost"]
-            lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {100 * r['delta_m_ratio']:+.1f}% | "
-                         f"{100 * r['delta_m_relative']:+.1f}% | {c['steps']} | {c['samples']} | "
-                         f"{c['trainable_params']:,} | {c['wall_s']:.1f} |")
-        return "\n".join(lines) + "\n"
-
-
-def _write_json(path: Path, obj) -> None:
-    """Atomic JSON write (kept for callers of the old name): :func:`simo_lite.store.write_json`."""
-    st.write_json(path, obj)
+    def to_markdown(self, table: list[dict], labels: bool = False) -> str:
+        """The results table ``table`` (row records) in Markdown with its heading: rows named by id, or
+        by :func:`row_label` with ``labels`` (:func:`simo_lite.report.results_markdown`)."""
+        return (report.results_title(self.tasks, self.profile.name, self.seed) + "\n\n"
+                + report.results_markdown(table, self.tasks, label=report.row_label if labels else None) + "\n")
 
 
 def _parse_args(argv=None):
@@ -443,7 +459,7 @@ def _parse_args(argv=None):
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     ap.add_argument("--run-dir", default=None, help="default: runs/<profile>-<seed> (runs/<profile>-<dataset>-<seed> "
                                                      "for a real dataset), as the course names it")
-    ap.add_argument("--dataset", default="scenes", choices=P.DATASETS)
+    ap.add_argument("--dataset", default=DEFAULT_DATASET, choices=P.DATASETS)
     ap.add_argument("--data-dir", default="", help="folder of a real dataset (docs/real-data.md)")
     ap.add_argument("--backbone", default="", help="timm model name of a pretrained ViT (with --weights)")
     ap.add_argument("--weights", default="", help="local weights file of --backbone (nothing is downloaded)")
@@ -470,12 +486,11 @@ def _parse_args(argv=None):
             tasks = get_tasks(spec)
         except ValueError as e:
             fail(f"--tasks {spec!r}: {e}")
-        if prof.dataset != "scenes":
-            from .datasets import DATASET_TASKS
-            missing = [t for t in tasks if t not in DATASET_TASKS[prof.dataset]]
-            if missing:
-                ap.error(f"--tasks {spec!r}: dataset {prof.dataset!r} has no labels for {missing}; its tasks: "
-                         f"{', '.join(DATASET_TASKS[prof.dataset])}")
+        labelled = DATASETS[prof.dataset].tasks
+        missing = [t for t in tasks if t not in labelled]
+        if missing:
+            ap.error(f"--tasks {spec!r}: dataset {prof.dataset!r} has no labels for {missing}; its tasks: "
+                     f"{', '.join(labelled)}")
         task_sets.append(spec)
     try:
         device = P.resolve_device(args.device)
@@ -514,7 +529,7 @@ def main(argv=None) -> None:
     from .course import write_run_meta
     extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in
                     (("dataset", args.dataset), ("data_dir", args.data_dir), ("backbone", args.backbone),
-                     ("weights", args.weights)) if v and v != "scenes")
+                     ("weights", args.weights)) if v and v != DEFAULT_DATASET)
     write_run_meta(run_dir, f"python -m simo_lite.experiment --profile {args.profile} --tasks {' '.join(args.tasks)}"
                    f" --seed {args.seed}{extra}")
 

@@ -25,21 +25,26 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import checkpoints as ckpt
+from . import paths
 from . import profiles as P
+from . import progress as pg
 from . import store as st
+from .backbones import encoder_io
+from .data import load_data
 from .models import count_parameters, make_encoder
-from .training import batch_indices, load_data, one_cycle, progress_enabled
+from .training import batch_indices, one_cycle
+from .types import Device, Splits, StateDict, Tasks
 
 __all__ = ["foundation_config", "pretrain", "load_foundation", "random_encoder_state", "probe_comparison",
            "pretrain_info", "SHIPPED_DIR"]
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data"
+SHIPPED_DIR = paths.DATA_DIR          # data/: the shipped foundation checkpoints
 
 
 def foundation_config(profile: P.Profile, seed: int = 0) -> dict:
@@ -52,9 +57,10 @@ def foundation_config(profile: P.Profile, seed: int = 0) -> dict:
 class MaskedReconstruction(nn.Module):
     """Encoder + mask token + linear pixel decoder. ``forward(images) -> L1 loss on masked patches``."""
 
-    def __init__(self, encoder, patch_size: int):
+    def __init__(self, encoder: nn.Module, patch_size: int):
         super().__init__()
         self.encoder, self.p = encoder, patch_size
+        self.transform = encoder_io(encoder).transform                   # the heads' input scaling, [-1, 1]
         dim = encoder.embed_dim
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.mask_token, std=0.02)
@@ -63,7 +69,7 @@ class MaskedReconstruction(nn.Module):
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1]; mask (B, N) bool, True = hidden patch."""
         enc, p = self.encoder, self.p
-        x = images * 2 - 1                                                # same input scaling as the heads
+        x = self.transform(images)                                        # same input scaling as the heads
         tokens = enc.patch_embed(x)                                       # (B, N, C)
         tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
         tokens = enc.norm_pre(enc._pos_embed(tokens))                     # (B, 1 + N, C)
@@ -75,8 +81,8 @@ class MaskedReconstruction(nn.Module):
         return (err * mask).sum() / mask.sum().clamp(min=1)
 
 
-def pretrain(profile: P.Profile, seed: int = 0, device="cpu", progress: bool | None = None,
-             data: dict | None = None) -> tuple[dict, dict]:
+def pretrain(profile: P.Profile, seed: int = 0, device: Device = "cpu", progress: bool | None = None,
+             data: Splits | None = None) -> tuple[StateDict, dict]:
     """Pretrain a foundation encoder; returns (encoder state dict, info).
 
     ``info``: ``loss_first`` / ``loss_last`` (masked-patch L1, first step / mean of the last 20),
@@ -92,14 +98,14 @@ def pretrain(profile: P.Profile, seed: int = 0, device="cpu", progress: bool | N
         model = MaskedReconstruction(encoder, profile.patch_size)
     model = model.to(device)
     steps = profile.foundation_steps
+    if steps < 1:
+        raise ValueError(f"pretrain: profile {profile.name!r} has foundation_steps={steps}; pretraining needs "
+                         f">= 1 step (a profile with a pretrained backbone loads it instead: backbone, weights)")
     opt = torch.optim.AdamW(model.parameters(), lr=profile.lr_foundation, weight_decay=0.05)
     sched = one_cycle(opt, profile.lr_foundation, steps, 0.1)
     n_patches = (profile.image_size // profile.patch_size) ** 2
     g = torch.Generator().manual_seed(seed + 17)
-    it = range(steps)
-    if progress_enabled(progress):
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="foundation pretraining", leave=False)
+    it = pg.progress(range(steps), "foundation pretraining", show=progress, leave=False)
     losses, t0 = [], time.perf_counter()
     model.train()
     for step in it:
@@ -119,13 +125,13 @@ def pretrain(profile: P.Profile, seed: int = 0, device="cpu", progress: bool | N
                    "threads": torch.get_num_threads()}
 
 
-def random_encoder_state(profile: P.Profile, seed: int = 0) -> dict:
+def random_encoder_state(profile: P.Profile, seed: int = 0) -> StateDict:
     """The same architecture at its random initialisation (the probe baseline)."""
     from .training import make_profile_encoder
     return make_profile_encoder(profile, seed=seed).state_dict()
 
 
-def _sha256(path) -> str:
+def _sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -138,7 +144,7 @@ def _artifact(cfg: dict, images: torch.Tensor) -> st.Artifact:
     return st.Artifact("foundation", "foundation", cfg, {"data-train-images": st.data_key({"image": images})})
 
 
-def pretrain_info(path) -> dict:
+def pretrain_info(path: str | Path) -> dict:
     """What a foundation checkpoint records of its pretraining: ``steps``, ``params``, ``loss_first``,
     ``loss_last`` (from the checkpoint's metadata ``info``), plus ``wall_s`` (seconds) and ``threads``
     from the ``.json`` record next to it when there is one (not in the checkpoint, so identical runs
@@ -154,8 +160,8 @@ def pretrain_info(path) -> dict:
     return info
 
 
-def load_foundation(profile: P.Profile, run_dir=None, seed: int = 0, device="cpu",
-                    progress: bool | None = None, *, data: dict | None = None) -> tuple[dict, str]:
+def load_foundation(profile: P.Profile, run_dir: str | Path | None = None, seed: int = 0, device: Device = "cpu",
+                    progress: bool | None = None, *, data: Splits | None = None) -> tuple[StateDict, str]:
     """The foundation encoder state for ``profile`` and its config hash.
 
     Looks for the shipped checkpoint ``data/foundation-<profile>.safetensors`` (whose config hash must
@@ -220,9 +226,11 @@ def load_foundation(profile: P.Profile, run_dir=None, seed: int = 0, device="cpu
     return state, h
 
 
-def probe_comparison(profile: P.Profile, foundation_state: dict, tasks=("seg", "depth", "normals", "edges", "albedo"),
-                     seed: int = 0, device="cpu", data: dict | None = None, progress: bool | None = None) -> dict:
-    """Linear probe (frozen encoder, head trained ``probe_steps``) on foundation vs random init, test metrics.
+def probe_comparison(profile: P.Profile, pretrained: StateDict,
+                     tasks: Tasks = ("seg", "depth", "normals", "edges", "albedo"), seed: int = 0,
+                     device: Device = "cpu", data: Splits | None = None, progress: bool | None = None) -> dict:
+    """Linear probe (frozen encoder, head trained ``probe_steps``) on ``pretrained`` (the foundation
+    encoder, θ₀) vs random init, test metrics.
 
     Each encoder runs once over the train split (``training.cache_features``, when the features fit
     in memory); every task's head then trains on those cached features.
@@ -235,7 +243,7 @@ def probe_comparison(profile: P.Profile, foundation_state: dict, tasks=("seg", "
     data = data or load_data(profile, seed)
     out = {}
     n = len(data["train"]["image"])
-    for label, state in (("foundation", foundation_state), ("random", random_encoder_state(profile, seed))):
+    for label, state in (("foundation", pretrained), ("random", random_encoder_state(profile, seed))):
         out[label] = {}
         feats = None                             # one encoder pass serves every task's probe
         if profile_augment(profile) is None and features_fit_in_memory(profile, n):
@@ -249,7 +257,7 @@ def probe_comparison(profile: P.Profile, foundation_state: dict, tasks=("seg", "
     return out
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Pretrain the foundation encoder and write it with its manifest")
     ap.add_argument("--profile", default="cpu", choices=sorted(P.PROFILES))
     ap.add_argument("--seed", type=int, default=0)

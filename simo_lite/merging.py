@@ -10,6 +10,14 @@ top-k threshold copies each task vector), TIES with k = 1 1.3-1.5x, TALL masks 1
     theta_merged = theta_0 + alpha * ties(tau_1..tau_T)   (ties: trim, elect sign, disjoint mean)
 
 Only floating-point tensors are merged; integer buffers are copied from ``pretrained``.
+
+Pure state-dict algebra: this module imports no model, task or training code. Learning merging
+coefficients on data (AdaMerging-style) is :mod:`simo_lite.coefficients`; ``merging.learn_layer_coefficients``
+still names it (imported on first use).
+
+Names: ``pretrained`` is θ₀ (the encoder every expert was fine-tuned from), ``task_vectors`` the
+``{task: tau_t}`` dict that :func:`task_vectors` (the function of the same name) returns, ``alpha``
+the scaling of the merged task vector, ``lam`` the TALL / consensus mask threshold.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ from typing import Callable, Iterable
 import torch
 
 from .registry import Registry
+from .types import StateDict
 
 __all__ = ["task_vectors", "task_arithmetic", "zero_shot", "weight_average", "ties", "dare", "tall_masks",
            "tall_merged", "consensus", "select_alpha", "tv_norms", "tv_cosine", "ALPHA_GRID", "MERGE_METHODS",
@@ -27,7 +36,7 @@ __all__ = ["task_vectors", "task_arithmetic", "zero_shot", "weight_average", "ti
 
 ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))   # 0.0 ... 1.0, the paper's grid
 
-StateDict = dict[str, torch.Tensor]
+# StateDict ({name: tensor}) is simo_lite.types.StateDict, imported above (merging.StateDict keeps working)
 
 
 def _float_keys(state: StateDict) -> list[str]:
@@ -53,9 +62,17 @@ def _apply(pretrained: StateDict, merged_tv: Callable[[str], torch.Tensor], alph
 
 
 def _check(task_vectors: dict[str, StateDict]) -> list[str]:
+    """The tensor names of the task vectors (all must have the same ones); errors for none or a mismatch."""
     if not task_vectors:
         raise ValueError("no task vectors to merge")
-    return list(next(iter(task_vectors.values())))
+    first, *rest = task_vectors.items()
+    keys = list(first[1])
+    for t, tv in rest:
+        if tv.keys() != first[1].keys():
+            diff = sorted(set(keys) ^ set(tv))
+            raise KeyError(f"task vectors of {first[0]!r} and {t!r} have different tensors, e.g. {diff[:3]}: "
+                           f"make them from the same pretrained encoder (task_vectors(pretrained, finetuned))")
+    return keys
 
 
 def _summed(task_vectors: dict[str, StateDict]) -> StateDict:
@@ -139,6 +156,10 @@ def tall_masks(task_vectors: dict[str, StateDict], lam: float | dict[str, float]
     if merged_tv is None:
         merged_tv = _summed(task_vectors)
     lams = lam if isinstance(lam, dict) else {t: lam for t in task_vectors}
+    missing = [t for t in task_vectors if t not in lams]
+    if missing:
+        raise KeyError(f"tall_masks: lam has no value for task(s) {', '.join(missing)}; give one lam or one per task "
+                       f"({', '.join(task_vectors)})")
     return {t: {k: tv[k].abs() >= lams[t] * (merged_tv[k] - tv[k]).abs() for k in keys}
             for t, tv in task_vectors.items()}
 
@@ -150,6 +171,8 @@ def tall_merged(pretrained: StateDict, task_vectors: dict[str, StateDict], task:
     Each task gets its own encoder, so a TALL model runs one encoder pass per task (not a single
     shared encoder), which is why the paper lists it apart.
     """
+    if task not in task_vectors:
+        raise KeyError(f"tall_merged: no task vector for {task!r}; tasks: {', '.join(task_vectors) or 'none'}")
     merged_tv = _summed(task_vectors)
     mask = tall_masks({task: task_vectors[task]}, lam, merged_tv)[task]
     return _apply(pretrained, lambda k: merged_tv[k] * mask[k], alpha)
@@ -189,7 +212,8 @@ MERGE_METHODS: Registry[MergeMethod] = Registry("merge method")
 
 
 def register_merge_method(name: str, fn: Callable[..., StateDict] | None = None, *, options: tuple[str, ...] = (),
-                          uses_alpha: bool = True, per_task: bool = False, label: str = "", replace: bool = False):
+                          uses_alpha: bool = True, per_task: bool = False, label: str = "", replace: bool = False
+                          ) -> Callable[..., StateDict] | Callable[[Callable[..., StateDict]], Callable[..., StateDict]]:
     """Register a merge method (directly, or as a decorator when ``fn`` is omitted).
 
         @register_merge_method("half", label="half of task arithmetic")
@@ -279,69 +303,10 @@ def layer_groups(state: StateDict) -> dict[str, str]:
     return groups
 
 
-def learn_layer_coefficients(pretrained: StateDict, task_vectors: dict[str, StateDict], model, data: dict,
-                             steps: int = 100, lr: float = 1e-2, batch_size: int = 32, init: float = 0.3,
-                             seed: int = 0, device="cpu", progress: bool = False) -> tuple[torch.Tensor, list[str], list[float]]:
-    """AdaMerging-style per-task, per-layer merging coefficients, learned on labelled validation data.
-
-    theta(lambda) = theta_0 + sum_t lambda[t, g(k)] * tau_t[k], lambda clamped to [0, 1], trained to
-    minimise the unweighted mean of the task losses of ``model``'s (frozen) heads on ``data`` (the
-    paper's Fig. 2 analysis). ``model`` is a SimoModel whose heads are the experts'.
-
-    Returns (lambda (T, G) tensor, group names (G,), loss per step).
-    """
-    from torch.func import functional_call
-
-    from .tasks import get_task
-    from .training import batch_indices, progress_enabled
-
-    tasks = list(task_vectors)
-    groups = layer_groups(pretrained)
-    order = lambda g: (0, 0) if g == "embed" else (1, int(g[5:])) if g.startswith("block") else (2, 0)  # noqa: E731
-    names = sorted(set(groups.values()), key=order)                    # embed, block0..block{D-1}, norm
-    col = {g: i for i, g in enumerate(names)}
-    device = torch.device(device)
-    lam = torch.full((len(tasks), len(names)), float(init), device=device, requires_grad=True)
-    opt = torch.optim.Adam([lam], lr=lr)
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    base = {k: v.to(device) for k, v in pretrained.items()}
-    tvs = {t: {k: v.to(device) for k, v in task_vectors[t].items()} for t in tasks}
-    keys = list(groups)
-    tap = _FeatureTap(model.encoder, model.taps)
-    losses = []
-    it = range(steps)
-    if progress_enabled(progress):
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="learning layer coefficients", leave=False)
-    for step in it:
-        idx = batch_indices(len(data["image"]), batch_size, seed, step)
-        lam_c = lam.clamp(0, 1)
-        params = dict(base)
-        for k in keys:
-            j = col[groups[k]]
-            params[k] = base[k] + sum(lam_c[i, j] * tvs[t][k] for i, t in enumerate(tasks))
-        images = data["image"][idx].to(device)
-        feats = functional_call(tap, {f"encoder.{k}": v for k, v in params.items()}, (images,))  # (B, L, 2C, h, w)
-        loss = sum(get_task(t).loss(model.heads[t](feats), data[t][idx].to(device)) for t in model.tasks) / len(model.tasks)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            lam.clamp_(0, 1)
-        losses.append(float(loss.detach()))
-    return lam.detach().cpu().clamp(0, 1), names, losses
-
-
-
-class _FeatureTap(torch.nn.Module):
-    """``forward(images) = encoder_features(encoder, images, taps)``, so functional_call can swap weights."""
-
-    def __init__(self, encoder, taps):
-        super().__init__()
-        self.encoder, self.taps = encoder, taps
-
-    def forward(self, images):
-        from .models import encoder_features
-        return encoder_features(self.encoder, images, self.taps)
+def __getattr__(name: str):
+    """``merging.learn_layer_coefficients``: :func:`simo_lite.coefficients.learn_layer_coefficients`,
+    imported on first use (it trains on data, so it lives outside this state-dict module)."""
+    if name == "learn_layer_coefficients":
+        from .coefficients import learn_layer_coefficients
+        return learn_layer_coefficients
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

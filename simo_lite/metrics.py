@@ -117,7 +117,8 @@ class BinaryF1:
         return 2 * self.tp / denom if denom else float("nan")
 
 
-def normalized_performance(metrics: dict, baseline: dict, lower_is_better: dict) -> dict[str, float]:
+def normalized_performance(metrics: dict[str, float], baseline: dict[str, float],
+                           lower_is_better: dict[str, bool]) -> dict[str, float]:
     """Per-task performance relative to the baseline: M/B, or B/M when lower is better (1.0 = equal)."""
     missing = set(metrics) - set(baseline) | set(metrics) - set(lower_is_better)
     if missing:
@@ -129,7 +130,8 @@ def normalized_performance(metrics: dict, baseline: dict, lower_is_better: dict)
     return out
 
 
-def delta_m(metrics: dict, baseline: dict, lower_is_better: dict, kind: str = "ratio") -> float:
+def delta_m(metrics: dict[str, float], baseline: dict[str, float], lower_is_better: dict[str, bool],
+            kind: str = "ratio") -> float:
     """Multi-task performance relative to a baseline, as a fraction (-0.275 means -27.5 %).
 
     kind="ratio":    mean_t normalised_t - 1, what the paper's tables report (M/B, B/M if lower better).
@@ -142,7 +144,9 @@ def delta_m(metrics: dict, baseline: dict, lower_is_better: dict, kind: str = "r
         vals = list(normalized_performance(metrics, baseline, lower_is_better).values())
         return sum(vals) / len(vals) - 1.0
     if kind == "relative":
-        terms = [(-1 if lower_is_better[t] else 1) * (m - baseline[t]) / baseline[t] for t, m in metrics.items()]
+        normalized_performance(metrics, baseline, lower_is_better)      # the same check of tasks and directions
+        terms = [(-1 if lower_is_better[t] else 1) * (m - baseline[t]) / baseline[t] if baseline[t] != 0
+                 else float("nan") for t, m in metrics.items()]
         return sum(terms) / len(terms)
     raise ValueError(f"unknown kind {kind!r}; valid: 'ratio', 'relative'")
 

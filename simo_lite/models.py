@@ -12,15 +12,20 @@ Heads only ever see ``features``, so head realignment can cache them once per me
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from .backbones import encoder_io
+from .registry import Registry
 from .tasks import get_task
 
 __all__ = ["make_encoder", "encoder_features", "LinearHead", "ConvHead", "make_head", "SimoModel",
-           "count_parameters", "HEADS"]
+           "count_parameters", "HEADS", "HeadKind", "register_head"]
 
 
 def make_encoder(img_size: int | tuple[int, int] = 64, patch_size: int = 8, embed_dim: int = 128, depth: int = 8,
@@ -42,7 +47,7 @@ def make_encoder(img_size: int | tuple[int, int] = 64, patch_size: int = 8, embe
 
 def encoder_features(encoder: VisionTransformer, images: torch.Tensor, taps) -> torch.Tensor:
     """Head-input features (B, L, 2C, h, w) of ``images`` (B, 3, H, W) in [0, 1] at blocks ``taps``."""
-    x = images * 2 - 1                                                     # paper: [-1, 1] input
+    x = encoder_io(encoder).transform(images)                             # paper: [-1, 1] input
     outs = encoder.forward_intermediates(x, indices=list(taps), return_prefix_tokens=True, norm=False,
                                          output_fmt="NCHW", intermediates_only=True, stop_early=True)
     feats = []
@@ -100,19 +105,47 @@ class ConvHead(nn.Module):
         return self.out(x)                                                # (B, out, H, W)
 
 
-HEADS = {"linear": LinearHead, "conv": ConvHead}
+@dataclass(frozen=True)
+class HeadKind:
+    """A head architecture in the registry :data:`HEADS` (``Profile.head`` names one).
+
+    Attributes:
+        name: registry key ("linear", "conv").
+        build: ``build(in_channels, num_taps, out_channels, out_size) -> nn.Module``, mapping features
+            (B, L, in_channels, h, w) to raw outputs (B, out_channels, H, W).
+        output_layer: attribute of the built head holding its last layer (a conv with a bias), whose
+            bias :func:`make_head` sets to the task's ``output_bias``.
+        label: how tables and notebooks name it.
+    """
+    name: str
+    build: Callable[..., nn.Module]
+    output_layer: str
+    label: str = ""
+
+
+HEADS: Registry[HeadKind] = Registry("head")
+
+
+def register_head(name: str, build: Callable[..., nn.Module], output_layer: str, *, label: str = "",
+                  replace: bool = False) -> HeadKind:
+    """Add a head architecture to :data:`HEADS`; ``make_head(name, ...)`` and ``Profile(head=name)``
+    then build it."""
+    return HEADS.register(name, HeadKind(name, build, output_layer, label or name), replace=replace)
+
+
+register_head("linear", LinearHead, "proj", label="linear (BN + 1x1 conv)")
+register_head("conv", ConvHead, "out", label="conv (DPT-style)")
 
 
 def make_head(kind: str, task: str, embed_dim: int, num_taps: int, out_size: int | tuple[int, int],
               channels: int | None = None) -> nn.Module:
-    """Head ``kind`` ('linear' or 'conv') for ``task``, reading features of width 2 * embed_dim.
+    """Head ``kind`` (a name in :data:`HEADS`: 'linear' or 'conv') for ``task``, reading features of
+    width 2 * embed_dim; an unknown ``kind`` raises ``ValueError`` naming the registered ones.
 
     ``channels`` overrides the task's output channels (segmentation: the dataset's class count)."""
-    if kind not in HEADS:
-        raise ValueError(f"unknown head {kind!r}; valid: {sorted(HEADS)}")
-    head = HEADS[kind](2 * embed_dim, num_taps, channels or get_task(task).channels, out_size)
-    last = head.proj if kind == "linear" else head.out
-    nn.init.constant_(last.bias, get_task(task).output_bias)
+    spec = HEADS[kind]
+    head = spec.build(2 * embed_dim, num_taps, channels or get_task(task).channels, out_size)
+    nn.init.constant_(getattr(head, spec.output_layer).bias, get_task(task).output_bias)
     return head
 
 

@@ -87,9 +87,8 @@ def _task_list(name: str):
             why = ("no task" if not names else f"unknown task {unknown[0]!r}" if unknown
                    else f"duplicate task {next(t for t in names if names.count(t) > 1)!r}")
             raise ValueError(f"{what}, got {v!r} ({why})")
-        if prof is not None and prof.dataset != "scenes":
-            from .datasets import DATASET_TASKS
-            own = DATASET_TASKS[prof.dataset]
+        if prof is not None:
+            own = P.DATASETS[prof.dataset].tasks
             missing = [t for t in names if t not in own]
             if missing:
                 raise ValueError(f"{name} must name tasks that dataset {prof.dataset!r} labels "
@@ -102,8 +101,10 @@ def _task_list(name: str):
 
 
 def _merge_method(v, prof, seen):
-    if v not in merging.MERGE_METHODS:       # also catches non-strings
-        raise ValueError(f"merge_method must be one of {', '.join(merging.MERGE_METHODS)}, got {v!r}")
+    # single-encoder methods only: a per-task method (one encoder per task) is not one merged model
+    single = [name for name, spec in merging.MERGE_METHODS.items() if not spec.per_task]
+    if v not in single:                      # also catches non-strings
+        raise ValueError(f"merge_method must be one of {', '.join(single)}, got {v!r}")
     return v
 
 

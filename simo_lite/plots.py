@@ -4,14 +4,25 @@ Save figures with ``Course.save_figure`` so they land in the run directory as PN
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from .scenes import CLASSES
 from .tasks import get_task, get_tasks
+from .types import Split, Tasks
 
 __all__ = ["sample_grid", "prediction_grid", "class_frequencies", "metric_curve", "heatmap"]
+
+
+def _rows(n: int, available: int) -> int:
+    """``n`` rows of a grid, checked against the ``available`` images (a clear error instead of an IndexError)."""
+    if not 1 <= n <= available:
+        raise ValueError(f"n must be in 1..{available} (the images given), got {n}")
+    return n
 
 
 def _show(ax, img, title=None):
@@ -22,9 +33,11 @@ def _show(ax, img, title=None):
         ax.set_title(title, fontsize=9)
 
 
-def sample_grid(data: dict, n: int = 4, tasks=("seg", "depth", "normals", "edges", "albedo"), title: str = ""):
+def sample_grid(data: Split, n: int = 4, tasks: Tasks = ("seg", "depth", "normals", "edges", "albedo"),
+                title: str = "") -> Figure:
     """n scenes as rows; columns: the image, then every label rendered by its task's visualiser."""
     tasks = get_tasks(tasks)
+    n = _rows(n, len(data["image"]))
     fig, axes = plt.subplots(n, 1 + len(tasks), figsize=(1.7 * (1 + len(tasks)), 1.7 * n), squeeze=False)
     for i in range(n):
         _show(axes[i, 0], data["image"][i].permute(1, 2, 0).numpy(), "image" if i == 0 else None)
@@ -36,11 +49,12 @@ def sample_grid(data: dict, n: int = 4, tasks=("seg", "depth", "normals", "edges
 
 
 def prediction_grid(images: torch.Tensor, rows: dict[str, dict[str, torch.Tensor]], task: str, n: int = 4,
-                    title: str = ""):
+                    title: str = "") -> Figure:
     """For one task: the input, then one column per entry of ``rows``, which maps a label (e.g. 'target',
     'expert', 'merged') to ``{task: predictions or labels (N, ...)}``, each drawn by the task's visualiser."""
     t = get_task(task)
     names = list(rows)
+    n = _rows(n, min([len(images), *(len(r[task]) for r in rows.values())]))
     fig, axes = plt.subplots(n, 1 + len(names), figsize=(1.7 * (1 + len(names)), 1.7 * n), squeeze=False)
     for i in range(n):
         _show(axes[i, 0], images[i].permute(1, 2, 0).numpy(), "image" if i == 0 else None)
@@ -51,18 +65,28 @@ def prediction_grid(images: torch.Tensor, rows: dict[str, dict[str, torch.Tensor
     return fig
 
 
-def class_frequencies(seg: torch.Tensor, title: str = "pixel share per class"):
-    """Bar chart of the fraction of pixels of each Scenes class in ``seg`` (N, H, W)."""
-    freq = torch.bincount(seg.flatten(), minlength=len(CLASSES)).double() / seg.numel()
+def class_frequencies(seg: torch.Tensor, title: str = "pixel share per class",
+                      names: Sequence[str] | None = None) -> Figure:
+    """Bar chart of the fraction of labelled pixels of each class in ``seg`` (N, H, W).
+
+    ``names``: the class names (default: the Scenes classes); ignored pixels (-1) are not counted, and
+    classes beyond ``names`` are shown by their id."""
+    names = list(CLASSES if names is None else names)
+    labelled = seg.flatten()
+    labelled = labelled[labelled >= 0]
+    counts = torch.bincount(labelled, minlength=len(names)).double()
+    freq = counts / max(labelled.numel(), 1)
+    names += [str(i) for i in range(len(names), len(counts))]
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(CLASSES, freq.numpy(), color="tab:blue")
+    ax.bar(names, freq.numpy(), color="tab:blue")
     ax.set_ylabel("fraction of pixels")
     ax.set_title(title)
     fig.tight_layout()
     return fig
 
 
-def metric_curve(x, ys: dict[str, list], xlabel: str, ylabel: str, title: str, mark_x=None):
+def metric_curve(x: Sequence[float], ys: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str,
+                 mark_x: float | None = None) -> Figure:
     """Line plot of one or more curves sharing x (e.g. normalised performance against alpha)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for name, y in ys.items():
@@ -78,7 +102,9 @@ def metric_curve(x, ys: dict[str, list], xlabel: str, ylabel: str, title: str, m
     return fig
 
 
-def heatmap(matrix, row_labels, col_labels, title: str, cbar_label: str = "", fmt: str = ".2f", cmap="viridis"):
+def heatmap(matrix: Sequence[Sequence[float]] | np.ndarray | torch.Tensor, row_labels: Sequence[str],
+            col_labels: Sequence[str], title: str, cbar_label: str = "", fmt: str = ".2f",
+            cmap: str = "viridis") -> Figure:
     """Annotated heatmap (seaborn) of a 2-D array."""
     import seaborn as sns
     matrix = np.asarray(matrix, dtype=float)

@@ -10,12 +10,26 @@ parameters) at 128 px with tens of thousands of scenes.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
-__all__ = ["Profile", "PROFILES", "DATASETS", "get", "validate", "resolve_device"]
+from .data import DATASETS, DEFAULT_DATASET, NATIVE_HW
 
-DATASETS = ("scenes", "nyuv2", "cityscapes")
-# native (height, width) of the preprocessed real datasets (MTAN / Auto-Lambda layout)
-NATIVE_HW = {"nyuv2": (288, 384), "cityscapes": (128, 256)}
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Profile", "PROFILES", "DATASETS", "NATIVE_HW", "get", "validate", "resolve_device", "evenly_spaced_taps"]
+
+# DATASETS (the dataset registry, simo_lite.data: iterating gives the valid names) and NATIVE_HW
+# ({dataset: native (H, W)} of the datasets read from files) are re-exported from simo_lite.data.
+
+
+def evenly_spaced_taps(depth: int, n: int = 4) -> tuple[int, ...]:
+    """Indices (0-based) of ``n`` evenly spaced blocks of a ``depth``-block encoder, the last included:
+    12 blocks -> (2, 5, 8, 11) (the paper's blocks 3, 6, 9, 12). Fewer blocks than ``n``: every block."""
+    if depth < 1:
+        raise ValueError(f"an encoder needs at least 1 block, got depth={depth}")
+    k = min(n, depth)
+    return tuple(round((i + 1) * depth / k) - 1 for i in range(k))
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,7 @@ class Profile:
     mask_ratio: float = 0.6    # foundation: fraction of patches masked
     max_objects: int = 4
     # data and backbone: the offline Scenes course by default (see docs/real-data.md)
-    dataset: str = "scenes"    # "scenes", "nyuv2" or "cityscapes"
+    dataset: str = DEFAULT_DATASET  # a name in simo_lite.data.DATASETS: "scenes", "nyuv2" or "cityscapes"
     data_dir: str = ""         # folder of a real dataset (ignored for scenes)
     backbone: str = ""         # a timm model name; empty: the course's own ViT (encoder fields above)
     weights: str = ""          # local weights file of ``backbone`` (safetensors or .pth); never downloaded
@@ -57,9 +71,10 @@ class Profile:
 
     @property
     def taps(self) -> tuple[int, ...]:
-        """Indices of the 4 evenly spaced blocks whose outputs feed the heads (0-based)."""
-        n = min(4, self.depth)
-        return tuple(round((i + 1) * self.depth / n) - 1 for i in range(n))
+        """Indices of the 4 evenly spaced blocks whose outputs feed the heads (0-based):
+        :func:`evenly_spaced_taps` of ``depth``, as :func:`simo_lite.backbones.encoder_io` gives them
+        for the encoder itself."""
+        return evenly_spaced_taps(self.depth)
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -68,17 +83,18 @@ class Profile:
         Scenes are square (``image_size``). A real dataset keeps its aspect ratio: ``image_size`` is
         the height (at most the stored height) before both sides are rounded down to multiples of
         the patch size (NYUv2 at 288 with patch 14 gives 280 x 378, the paper's crop)."""
-        if self.dataset not in NATIVE_HW:
+        native = DATASETS[self.dataset].native_hw
+        if native is None:                                     # rendered: any size
             return self.image_size, self.image_size
-        h0, w0 = NATIVE_HW[self.dataset]
+        h0, w0 = native
         scale = min(self.image_size, h0) / h0                 # never upsample beyond the stored size
         return (max(self.patch_size, int(h0 * scale) // self.patch_size * self.patch_size),
                 max(self.patch_size, int(w0 * scale) // self.patch_size * self.patch_size))
 
     @property
     def seg_classes(self) -> int:
-        """Segmentation classes of the dataset (Scenes 6, NYUv2 13, Cityscapes 7 or 19)."""
-        return {"scenes": 6, "nyuv2": 13, "cityscapes": self.cityscapes_classes}[self.dataset]
+        """Segmentation classes of the dataset (Scenes 6, NYUv2 13, Cityscapes ``cityscapes_classes``: 7 or 19)."""
+        return DATASETS[self.dataset].num_classes(self)
 
     def encoder_config(self) -> dict:
         """Arguments of ``models.make_encoder`` for the course's own ViT (``backbone`` empty)."""
@@ -134,21 +150,22 @@ def get(profile: str | Profile = "cpu", **overrides) -> Profile:
 def validate(profile: Profile) -> Profile:
     """Check the data and backbone fields; clear errors naming the valid values or the missing path."""
     from pathlib import Path
-    if profile.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {profile.dataset!r}; valid: {', '.join(DATASETS)}")
-    if profile.dataset != "scenes":
+    spec = DATASETS[profile.dataset]     # an unknown name: "unknown dataset 'x'; valid: scenes, nyuv2, cityscapes"
+    if spec.from_files:
         if not profile.data_dir:
             raise ValueError(f"dataset {profile.dataset!r} needs data_dir (the folder holding train/ and val/); "
                              f"see docs/real-data.md")
         if not Path(profile.data_dir).is_dir():
             raise FileNotFoundError(f"data_dir {profile.data_dir!r} is not a folder (dataset {profile.dataset!r}); "
                                     f"see docs/real-data.md for the expected layout")
-    if profile.name == "paper" and profile.dataset == "scenes":
-        raise ValueError("the 'paper' profile is the paper's real-data set-up: give dataset='nyuv2' or "
-                         "'cityscapes' with data_dir, backbone and weights (docs/real-data.md)")
-    if profile.dataset != "scenes" and not profile.backbone:
+    real = " or ".join(repr(n) for n, s in DATASETS.items() if s.from_files)
+    if profile.name == "paper" and not spec.from_files:
+        raise ValueError(f"the 'paper' profile is the paper's real-data set-up: give dataset={real} "
+                         f"with data_dir, backbone and weights (docs/real-data.md)")
+    if spec.from_files and not profile.backbone:
         raise ValueError(f"dataset {profile.dataset!r} needs a pretrained backbone (backbone=<timm name>, "
-                         f"weights=<local file>): the shipped foundation encoder only knows Scenes; "
+                         f"weights=<local file>): the shipped foundation encoder only knows "
+                         f"{', '.join(s.title for s in DATASETS.values() if not s.from_files)}; "
                          f"see docs/real-data.md")
     if profile.weights and not profile.backbone:
         raise ValueError("weights given without backbone: name the timm model the file belongs to, "
@@ -156,14 +173,16 @@ def validate(profile: Profile) -> Profile:
     if profile.backbone and not profile.weights:
         raise ValueError(f"backbone {profile.backbone!r} needs weights: a local file (nothing is downloaded); "
                          f"see docs/real-data.md")
-    if profile.cityscapes_classes not in (7, 19):
-        raise ValueError(f"cityscapes_classes must be 7 or 19, got {profile.cityscapes_classes}")
+    for s in DATASETS.values():          # every class-count field, as a profile may switch dataset later
+        if s.classes_field and getattr(profile, s.classes_field) not in s.seg_classes:
+            raise ValueError(f"{s.classes_field} must be {' or '.join(map(str, s.seg_classes))}, "
+                             f"got {getattr(profile, s.classes_field)}")
     if profile.weights and not Path(profile.weights).is_file():
         raise FileNotFoundError(f"weights file {profile.weights!r} not found (backbone {profile.backbone!r})")
     return profile
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: "str | torch.device" = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; anything else is passed to torch.device."""
     import torch    # here, not at the top: the course runner reads profiles without importing torch
 

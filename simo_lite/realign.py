@@ -24,7 +24,7 @@ from . import checkpoints as ckpt
 from . import store as st
 from .models import SimoModel, count_parameters
 from .tasks import get_tasks
-from .training import RunRecord, cache_features, fit
+from .training import RunRecord, cache_features, fit, set_trainable
 
 __all__ = ["cache_features", "head_realign", "BlockAdapter", "AdaptedBlock", "add_block_adapters", "add_lora",
            "fold_lora", "representation_realign", "LORA_TARGETS"]
@@ -48,17 +48,13 @@ def head_realign(model: SimoModel, val: dict, tasks=None, steps: int = 300, lr: 
     feats = cache_features(model, val["image"], device=device) if cached else None   # (N, L, 2C, h, w)
     record.wall_s += time.perf_counter() - t0
     data = {"image": val["image"], **{t: val[t] for t in tasks}}
-    for p in model.parameters():
-        p.requires_grad_(False)
+    set_trainable(model, False)
     for i, t in enumerate(tasks):
-        head = model.heads[t]
-        for p in head.parameters():
-            p.requires_grad_(True)
+        head = set_trainable(model.heads[t], True)
         # encoder frozen: fit skips it on cached features, or runs it without a graph on every batch
         r = fit(model, data, (t,), steps, lr, batch_size, seed=seed + i, device=device, progress=progress,
                 desc=f"head realign: {t}", name=f"head-realign/{t}", features=feats)
-        for p in head.parameters():
-            p.requires_grad_(False)
+        set_trainable(head, False)
         record.add(r)
     record.trainable_params = sum(count_parameters(model.heads[t]) for t in tasks)
     return model, record
@@ -145,9 +141,7 @@ def representation_realign(model: SimoModel, val: dict, tasks=None, rank: int = 
                            "data-val": st.data_key({k: val[k] for k in ("image", *tasks)})})
         store = st.Store(cache_dir)
         path = store.path("", art, ".safetensors")
-    model = copy.deepcopy(model)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = set_trainable(copy.deepcopy(model), False)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if kind == "block":
@@ -156,11 +150,13 @@ def representation_realign(model: SimoModel, val: dict, tasks=None, rank: int = 
         else:
             object.__setattr__(model, "lora", add_lora(model.encoder, rank))  # not a submodule
             adapter_params = [p for n, p in model.encoder.named_parameters() if "lora_" in n]
-    for p in adapter_params:
-        p.requires_grad_(True)
+    adapter_modules = (adapters if kind == "block" else          # LoRA: its lora_A / lora_B module dicts
+                       [m for n, m in model.encoder.named_modules() if n.rsplit(".", 1)[-1].startswith("lora_")])
+    for m in adapter_modules:
+        set_trainable(m, True)
+    assert all(p.requires_grad for p in adapter_params)
     for t in tasks:
-        for p in model.heads[t].parameters():
-            p.requires_grad_(True)
+        set_trainable(model.heads[t], True)
     if path is not None:
         loaded = _load_cached(store, path, art, model)
         if loaded is not None:

@@ -31,12 +31,16 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset
+
+from . import paths
+from . import progress as pg
+from .types import Split
 
 __all__ = [
     "CLASSES", "NUM_CLASSES", "SPLIT_OFFSETS", "DEFAULT_OPTIONS", "make_scenes", "load_split",
@@ -359,7 +363,7 @@ def _render_batch(index: torch.Tensor, size: int, seed: int, opt: dict) -> dict[
 
 
 def make_scenes(n: int, size: int = 64, seed: int = 0, first_index: int = 0, progress: bool = False,
-                **options) -> dict[str, torch.Tensor]:
+                **options) -> Split:
     """Render scenes ``first_index .. first_index + n - 1`` of the stream ``seed``.
 
     Args:
@@ -383,10 +387,7 @@ def make_scenes(n: int, size: int = 64, seed: int = 0, first_index: int = 0, pro
     if opt["max_objects"] < 1 or opt["max_objects"] > 9:
         raise ValueError(f"max_objects must be in 1..9, got {opt['max_objects']}")
     index = torch.arange(first_index, first_index + n, dtype=torch.int64)
-    starts = range(0, n, opt["batch_size"])
-    if progress:
-        from tqdm.auto import tqdm
-        starts = tqdm(starts, desc=f"rendering {n} scenes", unit="batch")
+    starts = pg.progress(range(0, n, opt["batch_size"]), f"rendering {n} scenes", show=progress, unit="batch")
     with torch.no_grad():
         parts = [_render_batch(index[s:s + opt["batch_size"]], size, seed, opt) for s in starts]
     if not parts:
@@ -415,11 +416,12 @@ def normals_from_depth(depth: torch.Tensor, fov_deg: float = 60.0) -> torch.Tens
 # Splits, cache and Dataset
 # ----------------------------------------------------------------------------------------------
 def _cache_dir() -> Path:
-    return Path(os.environ.get("SIMO_LITE_CACHE", Path(__file__).resolve().parent.parent / "data" / "cache"))
+    """Where rendered splits are cached: :func:`simo_lite.paths.cache_dir` (``$SIMO_LITE_CACHE`` or ``data/cache``)."""
+    return paths.cache_dir()
 
 
 def load_split(split: str, n: int, size: int = 64, seed: int = 0, cache: bool = True,
-               progress: bool = False, **options) -> dict[str, torch.Tensor]:
+               progress: bool = False, **options) -> Split:
     """Render (or load from ``data/cache``) ``n`` scenes of ``split`` in {'train', 'val', 'test'}.
 
     The cache file is a safetensors file named by a hash of every parameter that changes pixels.
@@ -447,8 +449,8 @@ def load_split(split: str, n: int, size: int = 64, seed: int = 0, cache: bool = 
 class ScenesDataset(Dataset):
     """A torch Dataset over one split; item ``i`` is a dict of per-scene tensors (no batch dim)."""
 
-    def __init__(self, split: str, n: int, size: int = 64, seed: int = 0, tasks=None, cache: bool = True,
-                 **options):
+    def __init__(self, split: str, n: int, size: int = 64, seed: int = 0, tasks: Sequence[str] | None = None,
+                 cache: bool = True, **options):
         self.data = load_split(split, n, size=size, seed=seed, cache=cache, **options)
         keep = ["image", *(tasks if tasks is not None else [k for k in self.data if k != "image"])]
         missing = set(keep) - set(self.data)
@@ -475,7 +477,7 @@ def benchmark(size: int = 64, n: int = 2000, repeats: int = 3, **options) -> flo
     return best
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="SIMO-lite Scenes: render, or benchmark the renderer")
     ap.add_argument("--bench", action="store_true", help="print scenes/s")
     ap.add_argument("--size", type=int, nargs="+", default=[64])

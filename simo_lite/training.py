@@ -15,26 +15,33 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from . import checkpoints as ckpt
+from . import progress as pg
 from . import store as st
+from .backbones import embed_dim, encoder_io
+from .data import load_data
 from .models import SimoModel, make_encoder, make_head
 from .profiles import Profile
+from .progress import progress_enabled
 from .scenes import VERSION as SCENES_VERSION
-from .scenes import load_split
 from .tasks import get_task, get_tasks
+from .types import Device, Split, Splits, StateDict, Tasks
 
 __all__ = ["RunRecord", "RECIPE_VERSION", "expert_artifact", "mtl_artifact", "two_stage_artifact", "load_data",
            "cache_features", "features_fit_in_memory", "probe_stage", "profile_augment",
            "batch_indices", "fit", "evaluate", "build_model", "make_profile_encoder", "train_expert", "train_mtl",
-           "progress_enabled", "Stage", "one_cycle"]
+           "progress_enabled", "set_trainable", "Stage", "one_cycle"]
+
+# ``load_data`` (simo_lite.data) and ``progress_enabled`` (simo_lite.progress) are re-exported under
+# their old home here: ``training.load_data`` and ``training.progress_enabled`` keep working.
 
 log = logging.getLogger("simo_lite.training")
 
@@ -43,13 +50,6 @@ log = logging.getLogger("simo_lite.training")
 RECIPE_VERSION = 2
 # version of fit's training-state files (format 2 stores the loss history and the elapsed time)
 STATE_FORMAT = 2
-
-
-def progress_enabled(show_progress: bool | None = None) -> bool:
-    """Progress bars on unless asked otherwise, and always off under CI (env CI set) or SIMO_LITE_QUIET."""
-    if os.environ.get("CI") or os.environ.get("SIMO_LITE_QUIET"):
-        return False
-    return True if show_progress is None else bool(show_progress)
 
 
 @dataclass
@@ -74,36 +74,21 @@ class RunRecord:
         return asdict(self)
 
 
-def load_data(profile: Profile, seed: int = 0, splits=("train", "val", "test"), progress: bool = False) -> dict:
-    """The splits of a profile: {split: {key: tensor}}.
-
-    Scenes are rendered once, then cached; a real dataset (``profile.dataset``) is read from
-    ``profile.data_dir`` at the working size ``profile.input_hw`` (``simo_lite.datasets``)."""
-    if profile.dataset != "scenes":
-        from .datasets import load_real
-        return {s: load_real(profile.dataset, profile.data_dir, s, size=profile.input_hw, progress=progress,
-                             classes=profile.seg_classes) for s in splits}
-    sizes = {"train": profile.n_train, "val": profile.n_val, "test": profile.n_test}
-    return {s: load_split(s, sizes[s], size=profile.image_size, seed=seed, progress=progress,
-                          max_objects=profile.max_objects) for s in splits}
-
-
 # cached head-input features are used for frozen-encoder stages when they take at most this much memory
 FEATURE_CACHE_BYTES = 2 * 2**30
 
 
 @torch.no_grad()
-def cache_features(model: SimoModel, images: torch.Tensor, batch_size: int = 128, device="cpu",
+def cache_features(model: SimoModel, images: torch.Tensor, batch_size: int = 128, device: Device = "cpu",
                    progress: bool = False, desc: str = "encoding") -> torch.Tensor:
     """Head-input features of ``images`` (N, 3, H, W) -> (N, L, 2C, h, w), float32 on CPU.
 
     One encoder pass (eval mode) over the images; heads trained on these see exactly what they would
     see with the frozen encoder in the loop (the ViT has no dropout or batch statistics)."""
     model.to(device).eval()
-    starts = range(0, len(images), batch_size)
-    if progress_enabled(progress) and len(starts) > 4:
-        from tqdm.auto import tqdm
-        starts = tqdm(starts, desc=desc, leave=False)
+    if batch_size < 1:
+        raise ValueError(f"cache_features: batch_size must be >= 1, got {batch_size}")
+    starts = pg.progress(range(0, len(images), batch_size), desc, show=progress, min_total=5, leave=False)
     return torch.cat([model.features(images[s:s + batch_size].to(device)).cpu() for s in starts])
 
 
@@ -122,7 +107,8 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
     return perm[k * batch_size:(k + 1) * batch_size] if n >= batch_size else perm
 
 
-def one_cycle(opt, lr: float, steps: int, pct_start: float):
+def one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int, pct_start: float
+              ) -> torch.optim.lr_scheduler.OneCycleLR:
     """OneCycleLR with warm-up fraction ``pct_start``, kept at >= 2 steps so short runs work."""
     steps = max(steps, 4)
     pct = min(max(pct_start, 2.5 / steps), 0.5)
@@ -164,15 +150,16 @@ def _load_state(path, model, opt, sched, config_hash) -> tuple[int, list[float],
     return step, losses, float(meta["elapsed_s"])
 
 
-def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: int, seed: int = 0,
+def fit(model: SimoModel, data: Split, tasks: Tasks, steps: int, lr: float, batch_size: int, *, seed: int = 0,
         weight_decay: float = 1e-4, grad_clip: float = 25.0, pct_start: float = 0.1,
-        device: torch.device | str = "cpu", progress: bool = False, desc: str = "training",
-        name: str = "fit", state_path=None, state_every: int = 50,
-        callback=None, features: torch.Tensor | None = None, augment=None) -> RunRecord:
+        device: Device = "cpu", progress: bool = False, desc: str = "training",
+        name: str = "fit", state_path: str | Path | None = None, state_every: int = 50,
+        callback: Callable[[int, float], None] | None = None, features: torch.Tensor | None = None,
+        augment: Callable[[Split, torch.Generator], Split] | None = None) -> RunRecord:
     """Train the parameters of ``model`` that have ``requires_grad`` for ``steps`` steps.
 
     Args:
-        data: split dict {"image": (N,3,H,W), task: labels...}; batches are drawn by ``batch_indices``.
+        data: one split {"image": (N,3,H,W), task: labels...}; batches are drawn by ``batch_indices``.
         tasks: task names whose losses are averaged (unweighted mean, as the paper).
         state_path: if given, the full training state (weights, optimizer, schedule, loss history,
             elapsed time) is saved there every ``state_every`` steps and loaded from there on start
@@ -196,6 +183,7 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("fit: the model has no trainable parameters")
+    _check_fit_inputs(model, data, tasks, steps, batch_size, state_every)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = one_cycle(opt, lr, steps, pct_start)
     encoder_frozen = not any(p.requires_grad for p in model.encoder.parameters())
@@ -227,10 +215,7 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
     if encoder_frozen:
         model.encoder.eval()
     n = len(data["image"])
-    iterator = range(start, steps)
-    if progress_enabled(progress):
-        from tqdm.auto import tqdm
-        iterator = tqdm(iterator, desc=desc, initial=start, total=steps, leave=False)
+    iterator = pg.progress(range(start, steps), desc, total=steps, show=progress, initial=start, leave=False)
     t0 = time.perf_counter()
     for step in iterator:
         idx = batch_indices(n, batch_size, seed, step)
@@ -266,8 +251,24 @@ def fit(model: SimoModel, data: dict, tasks, steps: int, lr: float, batch_size: 
                      metrics={"loss": losses})
 
 
+def _check_fit_inputs(model: SimoModel, data: Split, tasks: tuple[str, ...], steps: int, batch_size: int,
+                      state_every: int) -> None:
+    """Clear errors for the inputs ``fit`` cannot train on (before any work)."""
+    if steps < 0 or batch_size < 1 or state_every < 1:
+        raise ValueError(f"fit: steps must be >= 0, batch_size and state_every >= 1; got steps={steps}, "
+                         f"batch_size={batch_size}, state_every={state_every}")
+    if "image" not in data or not len(data["image"]):
+        raise ValueError(f"fit: the split has no images (keys: {', '.join(data) or 'none'})")
+    missing = [t for t in tasks if t not in data]
+    if missing:
+        raise ValueError(f"fit: the split has no labels for {', '.join(missing)}; its keys: {', '.join(data)}")
+    no_head = [t for t in tasks if t not in model.heads]
+    if no_head:
+        raise ValueError(f"fit: the model has no head for {', '.join(no_head)}; its heads: {', '.join(model.heads)}")
+
+
 @torch.no_grad()
-def evaluate(model: SimoModel, data: dict, tasks=None, batch_size: int = 128, device="cpu",
+def evaluate(model: SimoModel, data: Split, tasks: Tasks | None = None, batch_size: int = 128, device: Device = "cpu",
              features: torch.Tensor | None = None) -> dict[str, float]:
     """Each task's metric on a split: {task: value} (see the task registry for units and direction).
 
@@ -289,7 +290,7 @@ def evaluate(model: SimoModel, data: dict, tasks=None, batch_size: int = 128, de
     return {t: acc[t].compute() for t in tasks}
 
 
-def make_profile_encoder(profile: Profile, seed: int | None = None):
+def make_profile_encoder(profile: Profile, seed: int | None = None) -> nn.Module:
     """The (untrained) encoder of a profile: the course's ViT, or ``profile.backbone`` from timm."""
     if profile.backbone:
         from .backbones import make_backbone
@@ -297,9 +298,12 @@ def make_profile_encoder(profile: Profile, seed: int | None = None):
     return make_encoder(**profile.encoder_config(), seed=seed)
 
 
-def build_model(encoder_state: dict, profile: Profile, tasks, seed: int = 0,
-                head_states: dict | None = None) -> SimoModel:
-    """A SimoModel with the given encoder weights and one head per task (fresh, seeded, or loaded)."""
+def build_model(encoder_state: StateDict, profile: Profile, tasks: Tasks, seed: int = 0,
+                head_states: dict[str, StateDict] | None = None) -> SimoModel:
+    """A SimoModel with the given encoder weights and one head per task (fresh, seeded, or loaded).
+
+    The model's taps and its heads' input width come from the encoder (:func:`simo_lite.backbones.encoder_io`,
+    the same as ``profile.taps`` / ``profile.embed_dim`` for a profile that describes the encoder)."""
     if profile.backbone:   # skip a large random init: build on the meta device, then take copies of the weights
         with torch.device("meta"):
             encoder = make_profile_encoder(profile)
@@ -310,15 +314,31 @@ def build_model(encoder_state: dict, profile: Profile, tasks, seed: int = 0,
     else:
         encoder = make_profile_encoder(profile)
         encoder.load_state_dict(encoder_state)
+    taps = encoder_io(encoder).taps
     heads = {}
     for i, t in enumerate(get_tasks(tasks)):
         with torch.random.fork_rng():
             torch.manual_seed(seed * 1000 + i)
-            heads[t] = make_head(profile.head, t, profile.embed_dim, len(profile.taps), profile.input_hw,
+            heads[t] = make_head(profile.head, t, embed_dim(encoder), len(taps), profile.input_hw,
                                  channels=profile.seg_classes if t == "seg" else None)
         if head_states is not None and t in head_states:
             heads[t].load_state_dict(head_states[t])
-    return SimoModel(encoder, heads, profile.taps)
+    return SimoModel(encoder, heads, taps)
+
+
+def set_trainable(module: nn.Module, trainable: bool) -> nn.Module:
+    """Freeze (``trainable=False``) or unfreeze every parameter of ``module``, in place; returns it.
+
+    The one way the package freezes weights (``fit`` trains what has ``requires_grad``)::
+
+        set_trainable(model, False)              # everything frozen ...
+        set_trainable(model.heads["seg"], True)  # ... but one head
+    """
+    if not isinstance(trainable, bool):
+        raise TypeError(f"set_trainable: trainable must be True or False, got {trainable!r}")
+    for p in module.parameters():
+        p.requires_grad_(trainable)
+    return module
 
 
 class Stage:
@@ -328,13 +348,11 @@ class Stage:
     def set(model: SimoModel, trainable: str) -> None:
         if trainable not in ("heads", "all"):
             raise ValueError(f"unknown stage {trainable!r}; valid: 'heads', 'all'")
-        for p in model.encoder.parameters():
-            p.requires_grad_(trainable == "all")
-        for p in model.heads.parameters():
-            p.requires_grad_(True)
+        set_trainable(model.encoder, trainable == "all")
+        set_trainable(model.heads, True)
 
 
-def _split_state(model: SimoModel) -> tuple[dict, dict]:
+def _split_state(model: SimoModel) -> tuple[StateDict, dict[str, StateDict]]:
     enc = {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
     heads = {t: {k: v.detach().cpu().clone() for k, v in h.state_dict().items()} for t, h in model.heads.items()}
     return enc, heads
@@ -356,7 +374,7 @@ def _save_model(folder: Path, model: SimoModel, art: st.Artifact, record: RunRec
                                               "record": record.to_dict()}, art)
 
 
-def _load_model(folder: Path, art: st.Artifact, profile: Profile, tasks, quiet: bool = False,
+def _load_model(folder: Path, art: st.Artifact, profile: Profile, tasks: Tasks, quiet: bool = False,
                 store: st.Store | None = None) -> tuple[SimoModel, RunRecord] | None:
     """The model and record stored in ``folder`` for ``art``, or None (a cache miss, logged with the
     reason: not found, key changed, or which file is damaged: unreadable, wrong key, wrong shapes).
@@ -399,7 +417,7 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: " + (" ".join(lines[:2])[:300] if lines else "")
 
 
-def profile_augment(profile: Profile):
+def profile_augment(profile: Profile) -> Callable[[Split, torch.Generator], Split] | None:
     """The training-batch augmentation of a profile (real datasets), or None."""
     if not profile.augment:
         return None
@@ -407,9 +425,9 @@ def profile_augment(profile: Profile):
     return augmenter(profile.dataset)
 
 
-def probe_stage(model: SimoModel, train: dict, tasks, profile: Profile, steps: int, seed: int = 0, device="cpu",
-                progress: bool = False, desc: str = "probe", name: str = "probe", state_path=None,
-                features: torch.Tensor | None = None) -> RunRecord:
+def probe_stage(model: SimoModel, train: Split, tasks: Tasks, profile: Profile, steps: int, *, seed: int = 0,
+                device: Device = "cpu", progress: bool = False, desc: str = "probe", name: str = "probe",
+                state_path: str | Path | None = None, features: torch.Tensor | None = None) -> RunRecord:
     """Stage 1 of LP -> FT: train the heads of ``model`` with its encoder frozen (in place).
 
     The encoder runs once over ``train`` and the heads train on the cached features, unless the
@@ -429,33 +447,34 @@ def probe_stage(model: SimoModel, train: dict, tasks, profile: Profile, steps: i
                progress=progress, desc=desc, name=name, state_path=state_path, features=feats, augment=augment)
 
 
-def two_stage_artifact(name: str, tasks, foundation_hash: str, profile: Profile, seed: int, probe_steps: int,
+def two_stage_artifact(name: str, tasks: Tasks, pretrained_key: str, profile: Profile, seed: int, probe_steps: int,
                        finetune_steps: int, data_key: str) -> st.Artifact:
-    """The store artifact of a two-stage model: the recipe's config + the data's and foundation's keys."""
+    """The store artifact of a two-stage model: the recipe's config + the data's and the pretrained
+    encoder's keys (``pretrained_key``, stored under "foundation")."""
     tasks = get_tasks(tasks)
     config = {"name": name, "tasks": tasks, "profile": profile.to_dict(), "seed": seed,
               "probe_steps": probe_steps, "finetune_steps": finetune_steps, "version": RECIPE_VERSION,
               "scenes_version": SCENES_VERSION}
     return st.Artifact("expert" if name.startswith("expert-") else "mtl", name, config,
-                       {"data": data_key, "foundation": foundation_hash})
+                       {"data": data_key, "foundation": pretrained_key})
 
 
-def expert_artifact(task: str, foundation_hash: str, profile: Profile, seed: int, data_key: str) -> st.Artifact:
+def expert_artifact(task: str, pretrained_key: str, profile: Profile, seed: int, data_key: str) -> st.Artifact:
     """The artifact (key, name) of :func:`train_expert`'s model, without training it."""
-    return two_stage_artifact(f"expert-{get_task(task).name}", (task,), foundation_hash, profile, seed,
+    return two_stage_artifact(f"expert-{get_task(task).name}", (task,), pretrained_key, profile, seed,
                               profile.probe_steps, profile.finetune_steps, data_key)
 
 
-def mtl_artifact(tasks, foundation_hash: str, profile: Profile, seed: int, data_key: str) -> st.Artifact:
+def mtl_artifact(tasks: Tasks, pretrained_key: str, profile: Profile, seed: int, data_key: str) -> st.Artifact:
     """The artifact (key, name) of :func:`train_mtl`'s model, without training it."""
     tasks = get_tasks(tasks)
-    return two_stage_artifact("mtl-" + "+".join(tasks), tasks, foundation_hash, profile, seed,
+    return two_stage_artifact("mtl-" + "+".join(tasks), tasks, pretrained_key, profile, seed,
                               profile.mtl_probe_steps, profile.mtl_finetune_steps, data_key)
 
 
-def _two_stage(art: st.Artifact, tasks, foundation_state: dict, profile: Profile, data: dict, run_dir,
-               seed: int, device, progress: bool, probe_steps: int, finetune_steps: int,
-               ) -> tuple[SimoModel, RunRecord]:
+def _two_stage(art: st.Artifact, tasks: Tasks, pretrained: StateDict, profile: Profile, data: Splits, *,
+               run_dir: str | Path, seed: int, device: Device, progress: bool, probe_steps: int,
+               finetune_steps: int) -> tuple[SimoModel, RunRecord]:
     """Linear probe then full fine-tuning (LP -> FT), cached under run_dir/models/<name>-<key>/."""
     tasks = get_tasks(tasks)
     name = art.name
@@ -467,7 +486,7 @@ def _two_stage(art: st.Artifact, tasks, foundation_state: dict, profile: Profile
     folder.mkdir(parents=True, exist_ok=True)
     record = RunRecord(name=name)
     probe_dir = folder / "probe"
-    model = build_model(foundation_state, profile, tasks, seed=seed)
+    model = build_model(pretrained, profile, tasks, seed=seed)
     probe = _load_model(probe_dir, art, profile, tasks, quiet=True, store=store)
     augment = profile_augment(profile)
     common = dict(batch_size=profile.batch_size, seed=seed, weight_decay=profile.weight_decay,
@@ -493,28 +512,40 @@ def _two_stage(art: st.Artifact, tasks, foundation_state: dict, profile: Profile
     return model, record
 
 
-def train_expert(task: str, foundation_state: dict, foundation_hash: str, profile: Profile, data: dict, run_dir,
-                 seed: int = 0, device="cpu", progress: bool = False, *,
+def train_expert(task: str, pretrained: StateDict, pretrained_key: str, profile: Profile, data: Splits,
+                 run_dir: str | Path, *, seed: int = 0, device: Device = "cpu", progress: bool = False,
                  data_key: str | None = None) -> tuple[SimoModel, RunRecord]:
     """The single-task expert for ``task``: linear probe, then full fine-tuning (paper §3).
 
-    ``foundation_hash`` identifies ``foundation_state`` (``Experiment`` passes the foundation's store
-    key, :func:`simo_lite.store.foundation_key`); ``data_key`` identifies ``data`` ({split: tensors}),
-    computed from the tensors (:func:`simo_lite.store.data_key`) when not given. Both are part of the
-    stored model's key (:func:`expert_artifact`)."""
+    ``pretrained`` is θ₀, the encoder every expert starts from; ``pretrained_key`` identifies it
+    (``Experiment`` passes the foundation's store key, :func:`simo_lite.store.foundation_key`);
+    ``data_key`` identifies ``data`` ({split: tensors}, needs train, val and test), computed from the
+    tensors (:func:`simo_lite.store.data_key`) when not given. Both are part of the stored model's key
+    (:func:`expert_artifact`)."""
+    _check_splits(data, ("train", "val", "test"), "train_expert")
     data_key = data_key or st.data_key(data)
-    art = expert_artifact(task, foundation_hash, profile, seed, data_key)
-    return _two_stage(art, (task,), foundation_state, profile, data, run_dir, seed, device, progress,
-                      profile.probe_steps, profile.finetune_steps)
+    art = expert_artifact(task, pretrained_key, profile, seed, data_key)
+    return _two_stage(art, (task,), pretrained, profile, data, run_dir=run_dir, seed=seed, device=device,
+                      progress=progress, probe_steps=profile.probe_steps, finetune_steps=profile.finetune_steps)
 
 
-def train_mtl(tasks, foundation_state: dict, foundation_hash: str, profile: Profile, data: dict, run_dir,
-              seed: int = 0, device="cpu", progress: bool = False, *,
+def train_mtl(tasks: Tasks, pretrained: StateDict, pretrained_key: str, profile: Profile, data: Splits,
+              run_dir: str | Path, *, seed: int = 0, device: Device = "cpu", progress: bool = False,
               data_key: str | None = None) -> tuple[SimoModel, RunRecord]:
     """Joint multi-task baseline: all heads, unweighted mean loss, probe then full fine-tuning
-    (keys as in :func:`train_expert`, :func:`mtl_artifact`)."""
+    (arguments and keys as in :func:`train_expert`, :func:`mtl_artifact`)."""
     tasks = get_tasks(tasks)
+    _check_splits(data, ("train", "val", "test"), "train_mtl")
     data_key = data_key or st.data_key(data)
-    art = mtl_artifact(tasks, foundation_hash, profile, seed, data_key)
-    return _two_stage(art, tasks, foundation_state, profile, data, run_dir, seed, device, progress,
-                      profile.mtl_probe_steps, profile.mtl_finetune_steps)
+    art = mtl_artifact(tasks, pretrained_key, profile, seed, data_key)
+    return _two_stage(art, tasks, pretrained, profile, data, run_dir=run_dir, seed=seed, device=device,
+                      progress=progress, probe_steps=profile.mtl_probe_steps,
+                      finetune_steps=profile.mtl_finetune_steps)
+
+
+def _check_splits(data: Splits, need: tuple[str, ...], who: str) -> None:
+    """A clear error when ``data`` ({split: tensors}) lacks a split ``who`` needs."""
+    missing = [s for s in need if s not in data]
+    if missing:
+        raise ValueError(f"{who}: data has no {', '.join(missing)} split; it needs {', '.join(need)} "
+                         f"({{split: tensors}}, as simo_lite.data.load_data returns), got {', '.join(data) or 'none'}")

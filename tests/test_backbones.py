@@ -159,3 +159,19 @@ def test_input_transform(weights):
     from simo_lite.models import make_encoder
     assert bb.input_transform(make_encoder(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2)) \
         == bb.input_transform(dino, "paper")
+
+
+def test_encoder_io_is_the_pipelines_input_and_taps(weights):
+    """One function gives what the pipeline feeds an encoder ([-1, 1], bit for bit ``2x - 1``) and
+    the blocks it reads (4 evenly spaced, ``Profile.taps`` for a profile of the same depth)."""
+    from simo_lite import profiles
+    from simo_lite.models import make_encoder
+    x = _images(hw=(28, 42))
+    dino = bb.load_backbone(DINO, weights["dino"], img_size=(28, 42), **DINO_KW)
+    io = bb.encoder_io(dino)
+    assert torch.equal(io.transform(x), x * 2 - 1)                   # exactly, not just close
+    assert io.taps == bb.backbone_taps(dino) == profiles.evenly_spaced_taps(len(dino.blocks))
+    assert bb.encoder_io(dino, "pretrained").transform == bb.input_transform(dino)
+    own = make_encoder(img_size=32, patch_size=8, embed_dim=16, depth=12, num_heads=2)
+    assert bb.encoder_io(own) == bb.EncoderIO(bb.input_transform(own, "paper"), (2, 5, 8, 11))
+    assert bb.encoder_io(own).taps == profiles.get("gpu").taps

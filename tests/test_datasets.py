@@ -253,3 +253,105 @@ def test_augment_on_cuda_matches_cpu(batch):
     gpu = ds.augment({k: v.cuda() for k, v in batch.items()}, _gen(4))
     assert torch.equal(cpu["seg"], gpu["seg"].cpu()) and torch.equal(cpu["depth"], gpu["depth"].cpu())
     assert torch.allclose(cpu["image"], gpu["image"].cpu(), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the dataset registry (simo_lite.data): every dataset difference is a field of its spec
+# ---------------------------------------------------------------------------------------------
+def test_registry_holds_the_three_datasets_and_its_views_follow_it():
+    from simo_lite import data, profiles, scenes
+    assert list(data.DATASETS) == ["scenes", "nyuv2", "cityscapes"]
+    assert profiles.DATASETS is data.DATASETS and ", ".join(profiles.DATASETS) == "scenes, nyuv2, cityscapes"
+    assert dict(ds.DATASET_TASKS) == {"scenes": ("seg", "depth", "normals", "edges", "albedo"),
+                                      "nyuv2": ("seg", "depth", "normals"), "cityscapes": ("seg", "depth")}
+    assert dict(ds.NATIVE_HW) == dict(profiles.NATIVE_HW) == {"nyuv2": (288, 384), "cityscapes": (128, 256)}
+    assert "scenes" not in ds.NATIVE_HW and ds.CITYSCAPES_CLASSES == (7, 19)
+    assert data.DATASETS["scenes"].seg_classes == (scenes.NUM_CLASSES,)          # the renderer's classes
+    assert [ds.num_classes(n) for n in data.DATASETS] == [6, 13, 7] and ds.num_classes("cityscapes", 19) == 19
+    with pytest.raises(TypeError):
+        ds.DATASET_TASKS["nyuv2"] = ("seg",)                                      # a read-only view
+
+
+@pytest.mark.parametrize("call", [
+    lambda: ds.num_classes("nyu"), lambda: ds.layout("nyu"), lambda: ds.augmenter("nyu"),
+    lambda: ds.split_sizes("nyu", "."), lambda: ds.DATASET_TASKS["nyu"],
+    lambda: __import__("simo_lite.profiles").profiles.get("smoke", dataset="nyu").input_hw,
+    lambda: __import__("simo_lite.profiles").profiles.get("smoke", dataset="nyu").seg_classes,
+    lambda: __import__("simo_lite.data").data.load_data(__import__("simo_lite.profiles").profiles.get("smoke", dataset="nyu")),
+], ids=["num_classes", "layout", "augmenter", "split_sizes", "DATASET_TASKS", "input_hw", "seg_classes", "load_data"])
+def test_an_unknown_dataset_names_the_valid_ones_everywhere(call):
+    with pytest.raises(ValueError, match=r"^unknown dataset 'nyu'; valid: scenes, nyuv2, cityscapes$"):
+        call()
+
+
+def test_rendered_dataset_and_bad_class_counts_are_clear_errors():
+    with pytest.raises(ValueError, match="'scenes' is rendered, not read from files.*nyuv2, cityscapes"):
+        ds.load_real("scenes", ".", "train")
+    with pytest.raises(ValueError, match=r"^NYUv2 segmentation has 13 classes, got classes=7$"):
+        ds.num_classes("nyuv2", 7)
+    with pytest.raises(ValueError, match=r"^Cityscapes segmentation has 7 or 19 classes, got classes=5$"):
+        ds.num_classes("cityscapes", 5)
+
+
+def test_load_data_checks_the_split_names():
+    from simo_lite import data, profiles
+    prof = profiles.get("smoke", n_val=4)
+    with pytest.raises(ValueError, match=r"^unknown split 'validation'; valid: train, val, test$"):
+        data.load_data(prof, splits=("val", "validation"))
+    with pytest.raises(ValueError, match="no split to load"):
+        data.load_data(prof, splits=())
+    one = data.load_data(prof, splits="val")                        # a single name is one split
+    assert list(one) == ["val"] and len(one["val"]["image"]) == 4
+
+
+def test_a_new_dataset_in_the_mtan_layout_is_one_registration(nyu, tmp_path):
+    """Register a dataset (here: NYUv2's layout under another name, a smaller native size): the
+    loaders, splits, profiles, notebook parameters and the runner's task defaults all follow."""
+    from simo_lite import course, data, params, profiles
+    root = tmp_path / "mini"
+    for split in ("train", "val"):                                   # the fixture cropped to 96 x 128
+        for sub in ("image", "label", "depth", "normal"):
+            (root / split / sub).mkdir(parents=True)
+            for f in (nyu / split / sub).iterdir():
+                np.save(root / split / sub / f.name, np.load(f)[:96, :128])
+    spec = data.DatasetSpec(name="mini", title="Mini", tasks=("seg", "depth"), seg_classes=(13,),
+                            native_hw=(96, 128), folders={"image": "image", "seg": "label", "depth": "depth"},
+                            whole={"train": "train"}, divided="val", held_out=(1, 2))
+    data.register_dataset(spec)
+    try:
+        assert "mini" in profiles.DATASETS and ds.DATASET_TASKS["mini"] == ("seg", "depth")
+        assert ds.split_sizes("mini", root) == {"train": 6, "val": 3, "test": 3}
+        prof = profiles.get("smoke", dataset="mini", data_dir=str(root))
+        with pytest.raises(ValueError, match="dataset 'mini' needs a pretrained backbone"):
+            profiles.validate(prof)                                      # read from files: no course foundation
+        prof = course.real_data_profile(prof)
+        assert (prof.n_train, prof.n_val, prof.n_test, prof.augment) == (6, 3, 3, True)
+        assert prof.input_hw == (32, 40) and prof.seg_classes == 13          # height 32, patch 8, aspect kept
+        split = data.load_data(prof, splits=("test",))["test"]
+        assert set(split) == {"image", "seg", "depth"} and split["image"].shape == (3, 3, 32, 40)
+        assert params.check(prof, tasks="seg,depth")["tasks"] == ("seg", "depth")
+        with pytest.raises(ValueError, match="dataset 'mini' labels \\(seg, depth\\).*no labels for normals"):
+            params.check(prof, tasks="nyu3")
+        assert course._dataset_tasks("mini") == ("seg", "depth")
+        assert "mini/" not in ds.layout("mini") and "label/" in ds.layout("mini")
+    finally:
+        data.DATASETS.unregister("mini")
+    with pytest.raises(ValueError, match="unknown dataset 'mini'"):
+        ds.split_sizes("mini", root)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (dict(seg_classes=()), "at least one class count"),
+    (dict(seg_classes=(7, 19)), "classes_field"),
+    (dict(native_hw=None), "native_hw"),
+    (dict(folders={"image": "image"}), "folders must map exactly image and its tasks"),
+    (dict(whole={"val": "val"}), "val must be the held-out part"),
+    (dict(held_out=(5, 2)), "val must be the held-out part"),
+])
+def test_a_dataset_spec_is_checked_when_made(bad, message):
+    from simo_lite import data
+    good = dict(name="x", title="X", tasks=("seg",), seg_classes=(3,), native_hw=(8, 8),
+                folders={"image": "image", "seg": "label"}, whole={"train": "train"}, divided="val", held_out=(1, 2))
+    data.DatasetSpec(**good)
+    with pytest.raises(ValueError, match=message):
+        data.DatasetSpec(**{**good, **bad})

@@ -180,3 +180,10 @@ def test_head_swap_matrix():
     encoders = {"expert-seg": {"w": 1.0}, "merged": {"w": 0.5}}
     out = head_swap_matrix(encoders, ("seg", "depth"), lambda s: {"seg": s["w"], "depth": 2 * s["w"]})
     assert out == {"expert-seg": {"seg": 1.0, "depth": 2.0}, "merged": {"seg": 0.5, "depth": 1.0}}
+
+
+def test_merge_combinations_rejects_a_task_set_string_and_an_empty_subset_size():
+    with pytest.raises(TypeError, match="task names.*get_tasks"):
+        merge_combinations("nyu3", lambda s: {t: 1.0 for t in s})
+    with pytest.raises(ValueError, match="min_size must be >= 1"):
+        merge_combinations(("seg", "depth"), lambda s: {t: 1.0 for t in s}, min_size=0)

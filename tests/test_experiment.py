@@ -67,3 +67,63 @@ def test_merge_combinations_single_tasks_are_experts(exp):
     assert pair["mean"] == pytest.approx(sum(pair["per_task"].values()) / 2)
     # the pair uses the alpha chosen on validation for the pair, i.e. the "ta" row's merge
     assert pair["per_task"] == pytest.approx(exp.normalized(exp.row("ta")["metrics"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# a lazy Experiment: nothing is loaded, trained or written until asked for
+# ------------------------------------------------------------------------------------------------
+_FILE_EVENTS = ("open", "os.mkdir", "os.listdir", "os.scandir", "os.rename", "os.replace", "os.remove", "os.rmdir",
+                "shutil.rmtree", "shutil.copyfile")
+_audit = {"on": False, "events": []}
+
+
+def _audit_hook(event, args):           # audit hooks cannot be removed: a no-op unless switched on
+    if _audit["on"] and event in _FILE_EVENTS:
+        _audit["events"].append((event, args[0] if args else None))
+
+
+def test_constructing_an_experiment_touches_no_file_and_is_fast(tmp_path, monkeypatch):
+    import sys
+    import time
+
+    import simo_lite.experiment as E
+    for name in ("load_data", "load_foundation", "train_expert", "train_mtl"):
+        monkeypatch.setattr(E, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} called while constructing"))
+    prof = profiles.get("smoke")
+    if _audit_hook not in getattr(sys, "_simo_lite_hooks", ()):
+        sys.addaudithook(_audit_hook)
+        sys._simo_lite_hooks = (*getattr(sys, "_simo_lite_hooks", ()), _audit_hook)
+    _audit.update(on=True, events=[])
+    try:
+        t0 = time.perf_counter()
+        exp = Experiment(prof, "nyu3", seed=0, run_dir=tmp_path / "run", realign_samples=8)
+        dt = time.perf_counter() - t0
+    finally:
+        _audit["on"] = False
+    assert _audit["events"] == [], _audit["events"]
+    assert dt < 0.05, f"constructing took {1000 * dt:.1f} ms"
+    assert not (tmp_path / "run").exists()
+    assert exp.tasks == ("seg", "depth", "normals") and exp.store.root == tmp_path / "run"
+    # bad settings are still refused at construction
+    with pytest.raises(ValueError, match="realign_samples must be in 1.."):
+        Experiment(prof, "nyu3", run_dir=tmp_path / "run", realign_samples=prof.n_val + 1)
+
+
+def test_inputs_load_on_first_use(exp, run_dir):
+    fresh = Experiment(profiles.get("smoke"), "seg,depth", seed=0, run_dir=run_dir, realign_samples=8)
+    assert fresh._data is None and fresh._foundation is None
+    assert fresh.data_key == exp.data_key                       # the same data as the module's experiment
+    assert len(fresh.data["val_realign"]["image"]) == 8 and fresh.data["val"] is not fresh.data["val_realign"]
+    assert fresh.foundation_key == exp.foundation_key and fresh.foundation_hash == exp.foundation_hash
+    assert fresh.foundation.keys() == exp.foundation.keys()
+
+
+def test_rows_by_id_pair_or_spec_are_one_row(exp):
+    from simo_lite.rows import RowSpec
+    a = exp.row_artifact("ta")
+    assert exp.row_artifact(("ta", None)).key == a.key == exp.row_artifact(RowSpec("ta")).key
+    assert a.upstream["merge-ta"] == exp.merge_artifact("ta").key
+    assert "merge-zeroshot" not in exp.row_artifact("zeroshot").upstream       # no alpha, no merge artifact
+    assert exp.row_artifact("mtl").upstream["mtl"] == exp.mtl_artifact().key
+    with pytest.raises(ValueError, match="unknown row 'ta\\+nope'"):
+        exp.row(("ta", "nope"))

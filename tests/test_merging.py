@@ -614,3 +614,54 @@ def test_unknown_name_error_is_key_and_value_error():
     assert str(k.value) == "unknown colour 'blue'; valid: red"
     with pytest.raises(ValueError, match="non-empty string"):
         reg.register("", 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# clear errors for task vectors that do not belong together
+# ---------------------------------------------------------------------------------------------
+def test_task_vectors_of_other_encoders_are_a_clear_error():
+    tvs = {"a": {"w": T([1.0]), "v": T([2.0])}, "b": {"w": T([1.0])}}
+    with pytest.raises(KeyError, match=r"task vectors of 'a' and 'b' have different tensors, e\.g\. \['v'\]"):
+        task_arithmetic({"w": T([0.0]), "v": T([0.0])}, tvs, 1.0)
+
+
+def test_tall_names_a_task_or_lam_it_does_not_have():
+    tvs = _tvs(a=[1.0, 2.0], b=[3.0, -1.0])
+    with pytest.raises(KeyError, match=r"no task vector for 'c'; tasks: a, b"):
+        tall_merged(_theta0(2), tvs, "c", 0.5)
+    with pytest.raises(KeyError, match=r"lam has no value for task\(s\) b"):
+        tall_masks(tvs, {"a": 0.5})
+
+
+# ---------------------------------------------------------------------------------------------
+# learned layer coefficients: simo_lite.coefficients, still reachable as merging.learn_layer_coefficients
+# ---------------------------------------------------------------------------------------------
+def test_learn_layer_coefficients_lives_outside_merging():
+    import inspect
+    import subprocess
+    import sys
+
+    from simo_lite import coefficients
+    assert merging.learn_layer_coefficients is coefficients.learn_layer_coefficients
+    assert inspect.signature(merging.learn_layer_coefficients).parameters["init"].default == 0.3
+    code = ("import sys, simo_lite.merging; bad = [m for m in ('simo_lite.training', 'simo_lite.models', "
+            "'simo_lite.tasks', 'simo_lite.coefficients') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_learn_layer_coefficients_on_a_tiny_model():
+    from simo_lite import foundation, profiles, training
+    prof = profiles.get("smoke", n_val=8)
+    val = training.load_data(prof, splits=("val",))["val"]
+    pretrained = foundation.random_encoder_state(prof)
+    tvs = {t: {k: 0.01 * torch.randn_like(v) for k, v in pretrained.items() if v.is_floating_point()}
+           for t in ("seg", "depth")}
+    model = training.build_model(pretrained, prof, ("seg", "depth"))
+    lam, names, losses = merging.learn_layer_coefficients(pretrained, tvs, model, val, steps=3, batch_size=4)
+    assert names == ["embed", "block0", "block1", "block2", "block3", "norm"]
+    assert lam.shape == (2, 6) and ((lam >= 0) & (lam <= 1)).all() and len(losses) == 3
+    assert not any(p.requires_grad for p in model.parameters())               # the model is frozen
+    with pytest.raises(ValueError, match="no task vectors"):
+        merging.learn_layer_coefficients(pretrained, {}, model, val)
+    with pytest.raises(ValueError, match=r"labels for seg, depth; its keys: image, seg"):
+        merging.learn_layer_coefficients(pretrained, tvs, model, {"image": val["image"], "seg": val["seg"]})

@@ -220,3 +220,10 @@ def test_fast_channel_helpers_match_torch():
     torch.testing.assert_close(M.unit_channels(x), torch.nn.functional.normalize(x, dim=1))
     s = torch.randn(4, 6, 9, 7, generator=g)
     assert torch.equal(M.argmax_channels(s), s.argmax(1))
+
+
+def test_delta_m_relative_checks_tasks_and_a_zero_baseline_like_ratio():
+    with pytest.raises(KeyError, match="no baseline"):
+        delta_m({"seg": 0.5}, {}, {"seg": False}, kind="relative")
+    assert math.isnan(delta_m({"seg": 0.5}, {"seg": 0.0}, {"seg": False}, kind="relative"))
+    assert math.isnan(delta_m({"seg": 0.5}, {"seg": 0.0}, {"seg": False}, kind="ratio"))

@@ -64,3 +64,20 @@ def test_setup_fills_profile_from_backbone_and_data(tmp_path):
     off = course.setup("smoke", run_dir=str(tmp_path / "run2"), dataset="nyuv2", data_dir=str(fx["nyuv2"]),
                        backbone=fx["backbone"], weights=str(fx["weights"]), augment=False)
     assert not off.profile.augment
+
+
+def test_taps_are_evenly_spaced_blocks_of_the_depth():
+    assert profiles.evenly_spaced_taps(12) == (2, 5, 8, 11)            # the paper's blocks 3, 6, 9, 12
+    assert profiles.evenly_spaced_taps(8) == (1, 3, 5, 7)
+    assert profiles.evenly_spaced_taps(3) == (0, 1, 2) and profiles.evenly_spaced_taps(1) == (0,)
+    for name, p in profiles.PROFILES.items():
+        assert p.taps == profiles.evenly_spaced_taps(p.depth), name
+    with pytest.raises(ValueError, match="at least 1 block"):
+        profiles.evenly_spaced_taps(0)
+
+
+def test_the_valid_class_counts_come_from_the_dataset_registry(tmp_path):
+    with pytest.raises(ValueError, match=r"^cityscapes_classes must be 7 or 19, got 8$"):
+        profiles.validate(profiles.get("smoke", cityscapes_classes=8))
+    with pytest.raises(ValueError, match=r"^the 'paper' profile .*dataset='nyuv2' or 'cityscapes' with data_dir"):
+        profiles.validate(profiles.get("paper"))

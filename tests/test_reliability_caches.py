@@ -145,6 +145,7 @@ def _realign_check(exp, base):
 
 
 def _foundation_check(exp, base):
+    exp.foundation                                                     # loaded (here: pretrained) on first use
     path = exp.run_dir / base["foundation"].name
     assert path.read_bytes() == base["foundation"].read_bytes()       # pretrained again, byte-identical
     assert st.without_wall_clock(exp.row("ta")) == st.without_wall_clock(base["rows"]["ta"])

@@ -322,3 +322,11 @@ def test_scenes_dataset(tmp_path, monkeypatch):
     loader = torch.utils.data.DataLoader(ds, batch_size=4)
     batch = next(iter(loader))
     assert batch["image"].shape == (4, 3, 16, 16) and batch["seg"].shape == (4, 16, 16)
+
+
+def test_the_cache_folder_is_the_one_of_simo_lite_paths(monkeypatch, tmp_path):
+    from simo_lite import paths
+    monkeypatch.setenv("SIMO_LITE_CACHE", str(tmp_path / "c"))
+    assert scenes._cache_dir() == paths.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("SIMO_LITE_CACHE")
+    assert scenes._cache_dir() == paths.REPO / "data" / "cache"

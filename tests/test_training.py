@@ -338,3 +338,62 @@ def test_fit_cached_features_errors(profile, data, encoder_state):
 def test_features_fit_in_memory_by_size(profile):
     assert training.features_fit_in_memory(profile, 1000)
     assert not training.features_fit_in_memory(profiles.get("gpu"), 30000)   # ~94 GB of features
+
+
+# ------------------------------------------------------------------------------------------------
+# one way to freeze, keyword-only options, clear errors on inputs fit cannot train on
+# ------------------------------------------------------------------------------------------------
+def test_set_trainable_freezes_and_unfreezes_in_place(profile, encoder_state):
+    model = build_model(encoder_state, profile, ("seg", "depth"), seed=0)
+    assert training.set_trainable(model, False) is model
+    assert not any(p.requires_grad for p in model.parameters())
+    training.set_trainable(model.heads["seg"], True)
+    assert all(p.requires_grad for p in model.heads["seg"].parameters())
+    assert not any(p.requires_grad for p in (*model.encoder.parameters(), *model.heads["depth"].parameters()))
+    Stage.set(model, "heads")                                           # Stage uses the same helper
+    assert all(p.requires_grad for p in model.heads.parameters())
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    with pytest.raises(TypeError, match="True or False"):
+        training.set_trainable(model, "heads")
+
+
+def test_model_taps_come_from_the_encoder(profile, encoder_state):
+    from simo_lite.backbones import encoder_io
+    model = build_model(encoder_state, profile, ("depth",))
+    assert model.taps == encoder_io(model.encoder).taps == profile.taps
+
+
+def test_fit_options_are_keyword_only(profile, data, encoder_state):
+    model = _model(encoder_state, profile)
+    with pytest.raises(TypeError):
+        fit(model, data["train"], ("depth",), 1, 1e-3, 8, 0)            # seed positionally
+    with pytest.raises(TypeError):
+        training.probe_stage(model, data["train"], ("depth",), profile, 1, 0)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(tasks=("seg",)), r"the model has no head for seg; its heads: depth"),
+    (dict(steps=-1), r"steps must be >= 0"),
+    (dict(batch_size=0), r"batch_size=0"),
+    (dict(split_keys=("image",)), r"the split has no labels for depth; its keys: image"),
+    (dict(split_keys=("depth",)), r"the split has no images"),
+])
+def test_fit_rejects_what_it_cannot_train_on(profile, data, encoder_state, kw, message):
+    model = _model(encoder_state, profile)
+    keys = kw.pop("split_keys", tuple(data["train"]))
+    split = {k: data["train"][k] for k in keys}
+    args = dict(tasks=("depth",), steps=1, lr=1e-3, batch_size=8) | kw
+    with pytest.raises(ValueError, match=message):
+        fit(model, split, **args)
+
+
+def test_train_expert_names_a_missing_split(profile, data, encoder_state, tmp_path):
+    with pytest.raises(ValueError, match=r"train_expert: data has no val split; it needs train, val, test"):
+        train_expert("depth", encoder_state, "random-init", profile, {"train": data["train"], "test": data["test"]},
+                     tmp_path)
+
+
+def test_old_homes_still_work():
+    from simo_lite import data, progress
+    assert training.load_data is data.load_data
+    assert training.progress_enabled is progress.progress_enabled

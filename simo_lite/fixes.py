@@ -1,0 +1,108 @@
+"""The fixes registry: what can be applied to a merged SIMO model before it is scored.
+
+A fix is a function ``apply(experiment, model, **options) -> (fixed model, RunRecord)``: it gets the
+:class:`~simo_lite.experiment.Experiment` (its data, profile, seed, device and store) and the merged
+model (encoder + the experts' heads), and returns a new model and what fixing it cost. The results
+table then has a row for every (merge method, fix) pair, e.g. ``("ta", "head")``, whose id is
+``"ta+head"``.
+
+=========  =====================  =================================================================
+name       label                  what it does (``simo_lite.realign``)
+=========  =====================  =================================================================
+head       head realign           refit each expert head on the merged encoder's cached features
+repr       block adapters         low-rank adapter after every block, trained with the heads
+lora       PEFT LoRA              LoRA on the blocks' attention and MLP linears, trained with the heads
+=========  =====================  =================================================================
+
+Register another from a notebook or a test, no package edit needed::
+
+    from simo_lite import fixes
+
+    @fixes.register_fix("bn", label="BN re-estimation")
+    def reestimate_bn(exp, model):
+        ...                                   # forward passes only: no optimiser step
+        return model, RunRecord("bn-reestimate", samples=n)
+
+    exp.results_table(rows=[("ta", "bn")])    # a "ta+bn" row, labelled "task arithmetic + BN re-estimation"
+
+A fix that takes no gradient step (such as re-estimating BatchNorm statistics on the realignment
+split) returns a record with ``steps=0``; the results table shows its cost as it is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from .registry import Registry
+
+if TYPE_CHECKING:                                   # pragma: no cover
+    from .experiment import Experiment
+    from .models import SimoModel
+    from .training import RunRecord
+
+__all__ = ["Fix", "FIXES", "register_fix", "head_realignment", "adapter_realignment"]
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A fix in the registry :data:`FIXES`.
+
+    Attributes:
+        name: registry key; the row id of (method, fix) is ``f"{method}+{name}"``.
+        apply: ``apply(experiment, model, **options) -> (model, RunRecord)``; must not modify ``model``.
+        options: keyword options ``apply`` takes (e.g. ``("rank", "steps")``); results-table rows
+            call it without any, so every option needs a default (usually the experiment's setting).
+        label: how results tables name it ("head realign").
+    """
+    name: str
+    apply: Callable[..., tuple]
+    options: tuple[str, ...] = ()
+    label: str = ""
+
+
+FIXES: Registry[Fix] = Registry("fix")
+
+
+def register_fix(name: str, apply: Callable[..., tuple] | None = None, *, options: tuple[str, ...] = (),
+                 label: str = "", replace: bool = False):
+    """Register a fix (directly, or as a decorator when ``apply`` is omitted); returns ``apply``.
+
+    After that ``exp.fix(name, model)`` and the results-table rows ``(method, name)`` accept it."""
+    def add(f):
+        FIXES.register(name, Fix(name, f, tuple(options), label or name), replace=replace)
+        return f
+    return add(apply) if apply is not None else add
+
+
+def head_realignment(exp: "Experiment", model: "SimoModel", *, steps: int | None = None, cached: bool = True
+                     ) -> tuple["SimoModel", "RunRecord"]:
+    """Head realignment (paper §6a) on the experiment's realignment split: every head refitted on
+    the merged encoder's features, encoder frozen (:func:`simo_lite.realign.head_realign`)."""
+    from .realign import head_realign
+    p = exp.profile
+    return head_realign(model, exp.data["val_realign"], exp.tasks, steps=steps or p.realign_steps, lr=p.lr_head,
+                        batch_size=p.batch_size, seed=exp.seed, device=exp.device, progress=exp.progress,
+                        cached=cached)
+
+
+def adapter_realignment(exp: "Experiment", model: "SimoModel", *, kind: str = "block", rank: int | None = None,
+                        steps: int | None = None) -> tuple["SimoModel", "RunRecord"]:
+    """Representation realignment (paper §6b) on the realignment split: adapters of ``kind``
+    ("block" or "lora") and rank ``rank`` (default: the experiment's ``adapter_rank``) trained with the
+    heads (:func:`simo_lite.realign.representation_realign`), stored in the ``realign/`` folder of the
+    experiment's run directory (the store's layout)."""
+    from .realign import representation_realign
+    p = exp.profile
+    return representation_realign(model, exp.data["val_realign"], exp.tasks, rank=rank or exp.adapter_rank,
+                                  kind=kind, steps=steps or p.realign_steps, lr=p.lr_finetune * 2,
+                                  batch_size=p.batch_size, seed=exp.seed, device=exp.device, progress=exp.progress,
+                                  cache_dir=exp.store.root / "realign")
+
+
+register_fix("head", head_realignment, options=("steps", "cached"), label="head realign")
+register_fix("repr", lambda exp, model, rank=None, steps=None: adapter_realignment(exp, model, kind="block",
+                                                                                   rank=rank, steps=steps),
+             options=("rank", "steps"), label="block adapters")
+register_fix("lora", lambda exp, model, rank=None, steps=None: adapter_realignment(exp, model, kind="lora",
+                                                                                   rank=rank, steps=steps),
+             options=("rank", "steps"), label="PEFT LoRA")
