@@ -6,7 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= cpu
 
-.PHONY: course test venv check-env bench-scenes foundation clean-runs student lab kernel ui-deps test-ui
+.PHONY: course test venv check-env bench-scenes foundation clean-runs student lab kernel ui-deps test-ui \
+        assignment grade
 
 $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -26,7 +27,20 @@ test: venv
 student: venv
 	$(PY) -m simo_lite.student
 
-# JupyterLab on the course notebooks (LAB_DIR=notebooks/student for the student copies), with the
+# A class (README "For teachers"): release copies in nbgrader's format to notebooks/release/, validated
+# both ways (sources pass every test, copies fail every test); then grade a folder or LMS zip of
+# submissions into runs/grades/<name>/ (grades.csv, failures.csv, feedback/<student>.html)
+ASSIGN_ARGS ?=
+assignment: venv
+	$(PY) -m simo_lite.assign $(ASSIGN_ARGS)
+
+SUBMISSIONS ?=
+GRADE_ARGS ?= --jobs 2
+grade: venv
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<folder or zip> [GRADE_ARGS='--jobs 2 --out DIR']"; exit 1; }
+	$(PY) -m simo_lite.grade $(SUBMISSIONS) $(GRADE_ARGS)
+
+# JupyterLab on the course notebooks (LAB_DIR=notebooks/student or notebooks/release for the copies), with the
 # project's kernel "simo_lite" (this .venv) registered inside the venv; LAB_ARGS for extra options
 LAB_DIR ?= notebooks
 LAB_ARGS ?=

@@ -3,12 +3,13 @@
 - ``simo_lite.student`` on small synthetic notebooks: solution blocks replaced by
   ``raise NotImplementedError`` at the marker's indentation (signature and docstring kept), answers
   by ``None``, outputs cleared, idempotent, clear errors on unbalanced markers;
-- every course notebook has 2-4 exercises (a function with a solution block, then a check call) and
-  its concept questions, and together they use every check and question of ``simo_lite.checks``;
+- every course notebook has 2-4 exercises (a solution cell with a function, then a test cell calling
+  its check) and its concept questions, and together they use every check of ``simo_lite.checks`` and
+  every question of ``notebooks/questions.yaml``;
 - every check passes on the notebook's own solution, and fails (False, a useful message, no
   exception unless ``strict``) on a wrong implementation and on one that raises NotImplementedError;
-- the student copies run in the smoke profile under papermill without an error, each unsolved
-  check printing "not implemented yet";
+- the student copies hold no hidden tests (no answer key) and run in the smoke profile under papermill
+  without an error, each unsolved check printing "not implemented yet";
 - ``pytest --nbval-lax`` on each notebook parameterised for the smoke profile: every cell runs, and
   the cells marked ``# NBVAL_CHECK_OUTPUT`` reproduce their stored output.
 
@@ -33,11 +34,12 @@ import pytest
 import torch
 
 from simo_lite import checks, course, scenes, student
+from simo_lite.classroom import cells as nbcells
 
 NOTEBOOKS = course.notebooks()
 SMOKE_BUDGET_S = 60
 CHECK_CALL = re.compile(r"checks\.(check_\w+)\((\w+)\)")
-ANSWER_CALL = re.compile(r'checks\.answer\("(\d\d-q\d+)", (\w+)\)')
+ANSWER_CALL = re.compile(r'checks\.answer\("(\d\d-q\d+)", (\w+)[,)]')
 
 
 def _ids(path: Path) -> str:
@@ -135,17 +137,22 @@ def test_generate_reports_and_is_idempotent(tmp_path, capsys):
 # The exercises of the course notebooks
 # ----------------------------------------------------------------------------------------------
 def _exercises(nb) -> list[tuple[str, str, str]]:
-    """(check name, function name, cell source) of every exercise cell: a solution inside a function + a check."""
+    """(check name, function name, solution cell source) of every exercise: a test cell calling a check on the
+    function of the solution cell before it (nbgrader grade_id ``NN-<fn>-solution`` then ``NN-<fn>``)."""
     found = []
+    solutions = {nbcells.grade_id(c): c.source for c in nb.cells if nbcells.is_solution(c)}
     for cell in nb.cells:
-        if cell.cell_type == "code" and student.BEGIN in cell.source and CHECK_CALL.search(cell.source):
-            check, fn = CHECK_CALL.search(cell.source).groups()
-            found.append((check, fn, cell.source))
+        public = nbcells.split_hidden(cell.source)[0]
+        if nbcells.is_test(cell) and CHECK_CALL.search(public):
+            check, fn = CHECK_CALL.search(public).groups()
+            found.append((check, fn, solutions.get(f"{nbcells.grade_id(cell)}-solution", "")))
     return found
 
 
 def _questions(nb) -> list[tuple[str, str]]:
-    return [m.groups() for c in nb.cells if c.cell_type == "code" for m in ANSWER_CALL.finditer(c.source)]
+    """(question id, answer variable) of every public ``checks.answer`` call (the hidden tests' are left out)."""
+    return [m.groups() for c in nb.cells if c.cell_type == "code"
+            for m in ANSWER_CALL.finditer(nbcells.split_hidden(c.source)[0])]
 
 
 def _solution(source: str, fn_name: str):
@@ -257,23 +264,47 @@ def test_check_reports_not_implemented_and_errors(name, capsys):
 
 
 def test_answer(capsys):
+    """Without the key only the format is checked; with it (a hidden test) right/wrong and every option's why."""
     q = checks.QUESTIONS["03-q1"]
-    wrong = next(k for k in q["options"] if k != q["answer"])
-    assert checks.answer("03-q1", q["answer"]) is True
+    assert "answer" not in q and set(q["explanations"]) == set(q["options"])
+    key, wrong = "b", "a"                                        # the key as the source notebook's hidden test has it
+    assert checks.answer("03-q1", "(B) ", options="abc") is True
     out = capsys.readouterr().out
-    assert "✓ right" in out and q["explanations"][q["answer"]] in out
-    assert checks.answer("03-q1", f"({wrong.upper()})") is False
+    assert "recorded" in out and q["options"]["b"] in out and "right" not in out and q["explanations"]["b"] not in out
+    assert checks.answer("03-q1", key, key=key) is True
+    out = capsys.readouterr().out
+    assert "✓ 03-q1: right" in out and all(why in out for why in q["explanations"].values())
+    assert checks.answer("03-q1", f"({wrong.upper()})", key=key) is False
     out = capsys.readouterr().out
     assert "not quite" in out and q["explanations"][wrong] in out
-    assert checks.answer("03-q1", None) is False
+    assert checks.answer("03-q1", None, options="abc") is False
     out = capsys.readouterr().out
-    assert "not answered yet" in out and q["explanations"][q["answer"]] not in out
-    assert checks.answer("03-q1", "z") is False and "not an option" in capsys.readouterr().out
+    assert "not answered yet" in out and q["explanations"]["b"] not in out
+    assert checks.answer("03-q1", "z", options="abc") is False and "not an option" in capsys.readouterr().out
+    assert checks.answer("03-q1", 2) is False and "not an option" in capsys.readouterr().out
     with pytest.raises(AssertionError):
-        checks.answer("03-q1", wrong, strict=True)
+        checks.answer("03-q1", wrong, key=key, strict=True)
     with pytest.raises(KeyError, match="unknown question"):
         checks.answer("99-q1", "a")
     assert all(set(q["explanations"]) == set(q["options"]) for q in checks.QUESTIONS.values())
+
+
+def test_answer_without_the_questions_file(tmp_path, monkeypatch, capsys):
+    """A release copy on a machine without notebooks/questions.yaml: the letters come from ``options``."""
+    monkeypatch.setenv("SIMO_LITE_QUESTIONS", str(tmp_path / "missing.yaml"))
+    assert checks.questions() == {}
+    assert checks.answer("03-q1", "c", options="abc") is True and "recorded" in capsys.readouterr().out
+    assert checks.answer("03-q1", "d", options="abc") is False and "not an option" in capsys.readouterr().out
+    assert checks.answer("03-q1", "b", key="b") is True
+
+
+def test_questions_file_refuses_an_answer_key(tmp_path):
+    from simo_lite.classroom import questions
+    bad = tmp_path / "questions.yaml"
+    bad.write_text("03_merging:\n  03-q1:\n    question: q?\n    options: {a: x, b: y}\n"
+                   "    explanations: {a: x., b: y.}\n    answer: b\n")
+    with pytest.raises(ValueError, match="does not belong in this file"):
+        questions.questions(bad)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,6 +330,22 @@ def student_dir(smoke_env):
     out = smoke_env["base"] / "student"
     student.generate(out, quiet=True)
     return out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
+def test_copies_hold_no_hidden_tests_and_lock_the_tests(path, tmp_path):
+    """Student and release copies: no hidden test (they hold the key), no solution, locked cells read-only."""
+    nb = nbformat.read(path, as_version=4)
+    for kind in ("student", "release"):
+        copy, n = student.make_student(nb, path.name, kind=kind)
+        text = nbformat.writes(copy)
+        assert n == student.count_solutions(nb) and student.count_solutions(copy) == 0
+        assert "HIDDEN TESTS" not in text and "SOLUTION" not in text and not re.search(r"key=\\?\"[a-e]\\?\"", text)
+        tests = [c for c in copy.cells if nbcells.is_test(c)]
+        assert tests and all(c.metadata["editable"] is False and c.metadata["deletable"] is False for c in tests)
+        assert all("editable" not in c.metadata for c in copy.cells if nbcells.is_solution(c))
+        assert copy.metadata["simo_lite"]["student_copy"]["kind"] == kind
+        assert ("Assignment" if kind == "release" else "Student copy") in copy.cells[0].source
 
 
 def _error_outputs(nb) -> list[str]:
