@@ -10,6 +10,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+from simo_lite.atomic import write_text
+
 REPO = Path(__file__).resolve().parent.parent
 PAPER_TABLES = REPO / "benchmarks" / "paper_tables.json"      # the paper's numbers, and only there
 SCHEMA_VERSION = 1                                             # of runs/bench/bench.json
@@ -72,25 +74,15 @@ def env_info() -> dict:
 # Files
 # ----------------------------------------------------------------------------------------------
 def write_json_atomic(path: Path, obj) -> Path:
-    """Write ``obj`` as JSON to ``path`` through a ``.tmp`` sibling and a rename (readers never see a
-    partial file); creates the parent directory; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
-    return path
+    """Write ``obj`` as JSON to ``path`` atomically (:func:`simo_lite.atomic.write_text`); creates the
+    parent directory; returns the path."""
+    return write_text(path, json.dumps(obj, indent=1, default=float))
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a ``.tmp`` sibling and a rename; creates the parent
+    """Write ``text`` to ``path`` atomically (:func:`simo_lite.atomic.write_text`); creates the parent
     directory; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_text(path, text)
 
 
 def load_json(path) -> object | None:

@@ -27,7 +27,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from . import __version__
 from . import profiles as P
+from .atomic import write_text
 from .data import DATASETS, DEFAULT_DATASET
 from .paths import NOTEBOOK_DIR, REPO, runs_root
 from .progress import progress_enabled
@@ -87,24 +87,9 @@ class Course:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a uniquely named temporary file in the same folder and
-    ``os.replace``: a reader, or a run interrupted half-way, sees the old file or the new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)            # mkstemp makes 0600 files: give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    """Write ``text`` to ``path`` atomically (:func:`simo_lite.atomic.write_text`, the one writer): a
+    reader, or a run interrupted half-way, sees the old file or the new one, never a part."""
+    return write_text(path, text)
 
 
 # never part of a run's identity: where it goes, how it shows progress, where it computes

@@ -53,10 +53,11 @@ import json
 import logging
 import os
 import re
-import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .atomic import atomic_write, write_text
 
 import torch
 from safetensors import SafetensorError
@@ -157,44 +158,7 @@ def _threads() -> int:
 # ------------------------------------------------------------------------------------------------
 # atomic writes
 # ------------------------------------------------------------------------------------------------
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
-def atomic_write(path, write) -> Path:
-    """Write ``path`` atomically: ``write(tmp)`` fills a unique temporary file in the same folder,
-    which is then fsynced and moved into place with ``os.replace``. Returns ``path``.
-
-    The temporary name comes from ``mkstemp`` (``.<name>.<random>.tmp``), so concurrent writers of
-    one path never share a temporary file; on any error (or Ctrl-C) the temporary file is removed
-    and the old ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)       # mkstemp creates 0600; give the usual file permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def write_text(path, text: str) -> Path:
-    """Atomically write ``text`` (UTF-8) to ``path``."""
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    return atomic_write(path, write)
+# atomic_write and write_text: simo_lite.atomic (the one writer), re-exported here
 
 
 def _dumps(obj) -> str:

@@ -52,10 +52,11 @@ import copy
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import nbformat
+
+from ..atomic import write_text
 
 __all__ = ["SolutionMarkerError", "StudentWorkError", "strip_solutions", "make_student", "generate",
            "store_nbval_outputs", "count_solutions", "copy_status", "STUDENT_DIR", "BEGIN", "END", "NBVAL_MARKER",
@@ -246,17 +247,7 @@ def _backup(target: Path) -> Path:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)       # mkstemp creates 0600; give the usual file permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text(path, text)          # simo_lite.atomic: the one atomic writer
 
 
 def generate(out_dir=STUDENT_DIR, only=None, quiet: bool = False, force: bool = False,
