@@ -550,18 +550,12 @@ def _execute(plan: _Plan, command: str, quiet: bool = False) -> Path:
     return out
 
 
-class _CtrlC:
-    """Remembers a Ctrl-C (SIGINT) during the block and raises ``KeyboardInterrupt`` as usual.
+class _Sigint:
+    """Installs ``handler`` for SIGINT during the block and puts the previous handler back after it
+    (outside the main thread, where signals cannot be handled, it does nothing)."""
 
-    Libraries in the call (papermill, nbclient, the kernel's own interrupt) may swallow the
-    ``KeyboardInterrupt`` or turn it into a cell error; ``pressed`` still says it happened, so an
-    interrupted notebook is never taken for a complete or a failed one."""
-
-    pressed = False
-
-    def _handler(self, signum, frame):
-        self.pressed = True
-        raise KeyboardInterrupt
+    def __init__(self, handler):
+        self._handler = handler
 
     def __enter__(self):
         try:
@@ -576,20 +570,25 @@ class _CtrlC:
         return False
 
 
-class _no_sigint:
+class _CtrlC(_Sigint):
+    """Remembers a Ctrl-C (SIGINT) during the block and raises ``KeyboardInterrupt`` as usual.
+
+    Libraries in the call (papermill, nbclient, the kernel's own interrupt) may swallow the
+    ``KeyboardInterrupt`` or turn it into a cell error; ``pressed`` still says it happened, so an
+    interrupted notebook is never taken for a complete or a failed one."""
+
+    def __init__(self):
+        super().__init__(self._pressed)
+        self.pressed = False
+
+    def _pressed(self, signum, frame):
+        self.pressed = True
+        raise KeyboardInterrupt
+
+
+def _no_sigint() -> _Sigint:
     """Ctrl-C waits until the block is done (moving a notebook into place is never half done)."""
-
-    def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        except ValueError:              # not the main thread
-            self._old = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        return False
+    return _Sigint(signal.SIG_IGN)
 
 
 def _kernel_manager_class(log):
