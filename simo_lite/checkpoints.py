@@ -16,8 +16,8 @@ their original names:
 """
 from __future__ import annotations
 
-from .store import CheckpointError, atomic_write, config_hash, load_tensors, read_metadata, save_tensors, \
+from .store import CheckpointError, atomic_write, config_hash, load_tensors, read_metadata, save_tensors, sha256_file, \
     state_fingerprint
 
 __all__ = ["config_hash", "state_fingerprint", "save_tensors", "load_tensors", "read_metadata", "CheckpointError",
-           "atomic_write"]
+           "atomic_write", "sha256_file"]

@@ -21,7 +21,6 @@ to it, :func:`pretrain_info`), so identical runs write byte-identical files.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -131,14 +130,6 @@ def random_encoder_state(profile: P.Profile, seed: int = 0) -> StateDict:
     return make_profile_encoder(profile, seed=seed).state_dict()
 
 
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _artifact(cfg: dict, images: torch.Tensor) -> st.Artifact:
     """A pretrained foundation as a store artifact: its config + the key of the images it saw."""
     return st.Artifact("foundation", "foundation", cfg, {"data-train-images": st.data_key({"image": images})})
@@ -175,7 +166,7 @@ def load_foundation(profile: P.Profile, run_dir: str | Path | None = None, seed:
     """
     if profile.backbone:                         # a pretrained timm ViT from a local file (docs/real-data.md)
         from .backbones import load_backbone
-        h = ckpt.config_hash({"backbone": profile.backbone, "weights_sha256": _sha256(profile.weights),
+        h = ckpt.config_hash({"backbone": profile.backbone, "weights_sha256": st.sha256_file(profile.weights),
                               "input_hw": list(profile.input_hw)})
         encoder = load_backbone(profile.backbone, profile.weights, img_size=profile.input_hw)
         return {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}, h
@@ -258,6 +249,9 @@ def probe_comparison(profile: P.Profile, pretrained: StateDict,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m simo_lite.foundation --profile cpu``: pretrain the foundation encoder, write it (default
+    ``data/foundation-<profile>.safetensors``) with a JSON manifest, and print probe metrics against a random
+    encoder."""
     ap = argparse.ArgumentParser(description="Pretrain the foundation encoder and write it with its manifest")
     ap.add_argument("--profile", default="cpu", choices=sorted(P.PROFILES))
     ap.add_argument("--seed", type=int, default=0)
@@ -284,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         better = (f > r) if get_task(task).higher_is_better else (f < r)
         print(f"  probe {task:8s} {get_task(task).metric_name:18s} foundation {f:8.4f}  random {r:8.4f}  "
               f"{'foundation better' if better else 'RANDOM BETTER'}")
-    manifest = {"file": out.name, "sha256": _sha256(out), "config": cfg, "config_hash": h,
+    manifest = {"file": out.name, "sha256": st.sha256_file(out), "config": cfg, "config_hash": h,
                 "profile": profile.to_dict(), "pretraining": info, "probe_test_metrics": probes,
                 "probe_wall_s": probe_s, "command": f"python -m simo_lite.foundation --profile {profile.name} "
                                                     f"--seed {args.seed}",

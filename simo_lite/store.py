@@ -56,8 +56,10 @@ import re
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 from .atomic import atomic_write, write_text
+from .types import Device
 
 import torch
 from safetensors import SafetensorError
@@ -66,7 +68,7 @@ from safetensors.torch import load_file, safe_open, save_file
 __all__ = ["Artifact", "Store", "ArtifactError", "CheckpointError", "artifact_key", "config_hash",
            "state_fingerprint", "data_key", "foundation_key", "atomic_write", "write_text", "write_json",
            "read_json_file", "save_tensors", "load_tensors", "read_metadata", "without_wall_clock",
-           "compare_runs", "WALL_CLOCK_FIELDS", "log"]
+           "compare_runs", "sha256_file", "WALL_CLOCK_FIELDS", "log"]
 
 log = logging.getLogger("simo_lite.store")
 
@@ -86,7 +88,7 @@ class ArtifactError(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 # hashing
 # ------------------------------------------------------------------------------------------------
-def config_hash(config) -> str:
+def config_hash(config: Any) -> str:
     """Stable 12-hex-digit hash of a JSON-serialisable config (key order does not matter)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -131,7 +133,7 @@ def artifact_key(kind: str, config: dict, upstream: dict[str, str] | None = None
     return config_hash({"kind": kind, "config": config, "upstream": dict(sorted((upstream or {}).items()))})
 
 
-def data_key(data: dict, splits=("train", "val", "test")) -> str:
+def data_key(data: dict, splits: Sequence[str] = ("train", "val", "test")) -> str:
     """Key of loaded data: {split: {name: tensor}} (or one split {name: tensor}) -> 12 hex digits.
 
     A hash of every tensor's name, shape, dtype and bytes (sha256), split by split; only the
@@ -165,12 +167,12 @@ def _dumps(obj) -> str:
     return json.dumps(obj, indent=1, default=float)
 
 
-def write_json(path, obj) -> Path:
+def write_json(path: str | Path, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON (non-JSON numbers such as numpy floats as floats)."""
     return write_text(path, _dumps(obj) + "\n")
 
 
-def read_json_file(path):
+def read_json_file(path: str | Path) -> Any:
     """Parse a JSON file; any failure raises :class:`ArtifactError` naming the file and the error."""
     path = Path(path)
     try:
@@ -204,7 +206,7 @@ def _canonical_header(path) -> None:
         f.write((len(raw) + pad).to_bytes(8, "little") + raw + b" " * pad + body)
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path, metadata: dict | None = None) -> Path:
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
     """Atomically write ``tensors`` (made contiguous, on CPU) to ``path`` as safetensors.
 
     ``metadata`` values are stored as strings; the header is canonical (sorted), so the same
@@ -218,7 +220,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path, metadata: dict | None =
     return atomic_write(path, write)
 
 
-def read_metadata(path) -> dict[str, str]:
+def read_metadata(path: str | Path) -> dict[str, str]:
     """The string metadata stored in a safetensors file."""
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -227,7 +229,7 @@ def read_metadata(path) -> dict[str, str]:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
 
 
-def load_tensors(path, expect_hash: str | None = None, device="cpu") -> dict[str, torch.Tensor]:
+def load_tensors(path: str | Path, expect_hash: str | None = None, device: Device = "cpu") -> dict[str, torch.Tensor]:
     """Load a safetensors file; if ``expect_hash`` is given, the stored ``config_hash`` must match."""
     path = Path(path)
     if not path.exists():
@@ -257,6 +259,7 @@ class Artifact:
 
     @property
     def key(self) -> str:
+        """12 hex digits (:func:`artifact_key`) of the kind, the config and the upstream keys."""
         return artifact_key(self.kind, self.config, self.upstream)
 
     def header(self) -> dict:
@@ -334,12 +337,15 @@ class Store:
         return (self.root / folder if folder else self.root) / f"{art.name}-{art.key}{suffix}"
 
     def model_dir(self, art: Artifact) -> Path:
+        """``root/models/<name>-<key>``: the folder of a model artifact (encoder, heads, record.json)."""
         return self.root / "models" / f"{art.name}-{art.key}"
 
     def foundation_path(self, config_hash_: str) -> Path:
+        """``root/foundation-<config hash>.safetensors``: the run's own pretrained foundation."""
         return self.root / f"foundation-{config_hash_}.safetensors"
 
     def results_dir(self) -> Path:
+        """``root/results``: the tables (Markdown + JSON)."""
         return self.root / "results"
 
     # -- logging -----------------------------------------------------------------------------------
@@ -369,14 +375,17 @@ class Store:
         newest = max(siblings, key=lambda p: p.stat().st_mtime_ns)
         return explain_change(_stored_header(newest), art) + f" (was {newest.name})"
 
-    def note_threads(self, art: Artifact, header: dict | None, path) -> None:
+    def note_threads(self, art: Artifact, header: dict | None, path: str | Path) -> None:
+        """Log (INFO) when the artifact at ``path`` was made with another torch thread count than now
+        (recorded in its ``header``, not part of its key)."""
         made = (header or {}).get("threads")
         if made is not None and made != _threads():
             log.info("loading %s %s made with %s threads (now %s; recorded, not keyed): %s", art.kind, art.name,
                      made, _threads(), self._rel(path))
 
     # -- JSON artifacts ----------------------------------------------------------------------------
-    def read_json(self, path, art: Artifact | None = None, require=(), unit=None, quiet: bool = False):
+    def read_json(self, path: str | Path, art: Artifact | None = None, require: Sequence[str] = (),
+                  unit: str | Path | None = None, quiet: bool = False) -> dict | None:
         """The payload of a JSON artifact, or None (a cache miss, logged) when it is missing, not
         valid JSON, not an object, lacks a ``require``-d field, or stores another key than ``art``'s.
 
@@ -407,7 +416,7 @@ class Store:
             return None
         return {k: v for k, v in obj.items() if k != "artifact"}
 
-    def write_json(self, path, payload: dict, art: Artifact | None = None) -> Path:
+    def write_json(self, path: str | Path, payload: dict, art: Artifact | None = None) -> Path:
         """Atomically write ``payload`` (a dict), with ``art``'s header under ``"artifact"``."""
         obj = dict(payload)
         if art is not None:
@@ -415,7 +424,7 @@ class Store:
         return write_json(path, obj)
 
     # -- tensor artifacts --------------------------------------------------------------------------
-    def load_tensors(self, path, art: Artifact, quiet: bool = False) -> dict[str, torch.Tensor] | None:
+    def load_tensors(self, path: str | Path, art: Artifact, quiet: bool = False) -> dict[str, torch.Tensor] | None:
         """Tensors of ``art`` from ``path`` (stored key checked), or None: a logged cache miss."""
         path = Path(path)
         if not path.exists():
@@ -427,7 +436,7 @@ class Store:
             self.note_threads(art, _stored_header(path), path)
         return out
 
-    def check_tensors(self, path, art: Artifact, expect_hash: str) -> dict[str, torch.Tensor] | None:
+    def check_tensors(self, path: str | Path, art: Artifact, expect_hash: str) -> dict[str, torch.Tensor] | None:
         """Tensors of ``path`` if it is readable and stores ``config_hash`` ``expect_hash``; else None,
         logged as ``corrupt file <path>: <error>`` (a file that stores another key counts as corrupt:
         its name says which key it must hold)."""
@@ -442,7 +451,8 @@ class Store:
             self.miss(art, f"corrupt file {rel}: {msg}")
             return None
 
-    def save_tensors(self, path, tensors: dict[str, torch.Tensor], art: Artifact, **metadata) -> Path:
+    def save_tensors(self, path: str | Path, tensors: dict[str, torch.Tensor], art: Artifact,
+                     **metadata: Any) -> Path:
         """Atomically write ``tensors`` with ``art``'s key and header (+ ``metadata``) in the metadata."""
         return save_tensors(tensors, path, metadata={**metadata, **art.metadata()})
 
@@ -450,7 +460,7 @@ class Store:
 # ------------------------------------------------------------------------------------------------
 # comparing runs
 # ------------------------------------------------------------------------------------------------
-def without_wall_clock(obj):
+def without_wall_clock(obj: Any) -> Any:
     """``obj`` with every wall-clock field (:data:`WALL_CLOCK_FIELDS`) removed, recursively."""
     if isinstance(obj, dict):
         return {k: without_wall_clock(v) for k, v in obj.items() if k not in WALL_CLOCK_FIELDS}
@@ -459,7 +469,8 @@ def without_wall_clock(obj):
     return obj
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB chunks (checkpoints, manifests)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -467,7 +478,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def compare_runs(a, b) -> list[str]:
+def compare_runs(a: str | Path, b: str | Path) -> list[str]:
     """Differences between two run directories: every ``.safetensors`` file byte for byte (sha256),
     every ``.json`` file with its wall-clock fields removed (``run-meta.json``, which records the
     date and host, is skipped). Markdown tables are not compared (they show wall-clock columns).
@@ -481,7 +492,7 @@ def compare_runs(a, b) -> list[str]:
     out = [f"only in {a}: {f}" for f in sorted(fa - fb)] + [f"only in {b}: {f}" for f in sorted(fb - fa)]
     for f in sorted(fa & fb):
         if f.endswith(".safetensors"):
-            if _sha256(a / f) != _sha256(b / f):
+            if sha256_file(a / f) != sha256_file(b / f):
                 out.append(f"bytes differ: {f}")
         elif without_wall_clock(json.loads((a / f).read_text())) != without_wall_clock(
                 json.loads((b / f).read_text())):
@@ -489,7 +500,7 @@ def compare_runs(a, b) -> list[str]:
     return out
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """``python -m simo_lite.store compare RUN_A RUN_B``: exit 0 when two run directories agree."""
     import argparse
     ap = argparse.ArgumentParser(description="Compare two run directories (checkpoints byte for byte, "

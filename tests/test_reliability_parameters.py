@@ -192,9 +192,10 @@ BOOKS = {p.name[:2]: nbformat.read(p, as_version=4) for p in NOTEBOOKS}
 def test_every_parameter_reaches_setup(key):
     nb = BOOKS[key]
     call = _setup_call(nb).value
-    passed = {k.arg: ast.unparse(k.value) for k in call.keywords}
+    # course.setup(globals()) takes every parameter the parameters cell defined, none passed by hand
+    assert [ast.unparse(a) for a in call.args] == ["globals()"], f"{key}: setup is not given globals()"
+    assert not {k.arg for k in call.keywords} & set(params.PARAMETERS), f"{key}: a parameter passed twice"
     for name in _parameters(nb):
-        assert passed.get(name) == name, f"{key}: parameter {name} is not passed to course.setup as {name}={name}"
         assert name in params.PARAMETERS, f"{key}: parameter {name} has no validator in simo_lite.params"
 
 
@@ -269,8 +270,8 @@ def test_notebook_02_setup_cell_on_8_plus_8_images_with_default_parameters(small
     k = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     ns = {**_parameters(nb), "profile": "smoke", "run_dir": str(tmp_path / "run"), "show_progress": False,
           "tasks": "seg,depth,normals", **small_nyu}
-    cell = next(c for c in nb.cells[k + 1:] if c.cell_type == "code")
-    exec(compile(cell.source, "<02 set-up>", "exec"), ns)
+    setup, settings = [c for c in nb.cells[k + 1:] if c.cell_type == "code"][:2]   # set-up, then derived values
+    exec(compile(setup.source + "\n" + settings.source, "<02 set-up>", "exec"), ns)
     assert ns["n_show"] == 3 and ns["task_names"] == ("seg", "depth", "normals")
     assert len(ns["exp"].data["test"]["image"]) == 3
 

@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import nbformat
 
@@ -56,7 +57,7 @@ def _question_markdown(number: str, q: dict) -> str:
     return f"**Question {number}.** {q['question']}\n\n" + "\n".join(f"- ({k}) {v}" for k, v in q["options"].items())
 
 
-def check_sources(only=None, source_dir=None) -> list[str]:
+def check_sources(only: Iterable[str | int] | None = None, source_dir: str | Path | None = None) -> list[str]:
     """Every problem of the source notebooks ([] when none): nbgrader metadata, markers, questions."""
     import ast
 
@@ -106,8 +107,8 @@ def check_sources(only=None, source_dir=None) -> list[str]:
     return problems
 
 
-def release(out_dir=RELEASE_DIR, only=None, force: bool = False, quiet: bool = False,
-            source_dir=None) -> dict[str, int]:
+def release(out_dir: str | Path = RELEASE_DIR, only: Sequence[str | int] | None = None, force: bool = False,
+            quiet: bool = False, source_dir: str | Path | None = None) -> dict[str, int]:
     """Check the sources, then write the release copies (see :func:`simo_lite.classroom.student.generate`)."""
     problems = check_sources(only, source_dir)
     if problems:
@@ -115,8 +116,9 @@ def release(out_dir=RELEASE_DIR, only=None, force: bool = False, quiet: bool = F
     return generate(out_dir, only, quiet=quiet, force=force, kind="release", source_dir=source_dir)
 
 
-def validate(only=None, out_dir=RELEASE_DIR, jobs: int | None = None, cell_timeout: float = 120,
-             quiet: bool = False, progress: bool | None = None, source_dir=None) -> list[dict]:
+def validate(only: Iterable[str | int] | None = None, out_dir: str | Path = RELEASE_DIR, jobs: int | None = None,
+             cell_timeout: float = 120, quiet: bool = False, progress: bool | None = None,
+             source_dir: str | Path | None = None) -> list[dict]:
     """Grade every source notebook (must score full marks) and its release copy in ``out_dir`` (must
     fail every test in its hidden tests only). Returns one row per notebook; raises
     :class:`AssignmentError` listing every problem."""
@@ -193,7 +195,9 @@ def validate(only=None, out_dir=RELEASE_DIR, jobs: int | None = None, cell_timeo
     return rows
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line of ``python -m simo_lite.assign``: check the sources, write the release copies to
+    ``--out`` and validate them (``--check``: validate only); exits with an error message on a problem."""
     ap = argparse.ArgumentParser(prog="python -m simo_lite.assign", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(RELEASE_DIR), help="output folder (default: notebooks/release)")
     ap.add_argument("--only", nargs="+", help="notebook numbers, e.g. 03 04")

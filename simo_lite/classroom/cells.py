@@ -22,6 +22,10 @@ only these cells, so a test cell may depend only on its solution cell and the im
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    import nbformat
 
 __all__ = ["SCHEMA_VERSION", "HIDDEN_BEGIN", "HIDDEN_END", "HiddenTestError", "nbgrader", "grade_id",
            "is_solution", "is_test", "is_locked", "is_graded_cell", "points", "solution_meta", "test_meta",
@@ -38,36 +42,40 @@ class HiddenTestError(ValueError):
     """Unbalanced or nested ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS`` markers."""
 
 
-def nbgrader(cell) -> dict:
+def nbgrader(cell: Mapping[str, Any]) -> dict:
     """The cell's nbgrader metadata ({} when it has none)."""
     return dict(cell.get("metadata", {}).get("nbgrader") or {})
 
 
-def grade_id(cell) -> str | None:
+def grade_id(cell: Mapping[str, Any]) -> str | None:
+    """The cell's nbgrader ``grade_id``, or None."""
     return nbgrader(cell).get("grade_id")
 
 
-def is_solution(cell) -> bool:
+def is_solution(cell: Mapping[str, Any]) -> bool:
+    """An nbgrader solution cell (the learner writes here)."""
     return bool(nbgrader(cell).get("solution"))
 
 
-def is_test(cell) -> bool:
+def is_test(cell: Mapping[str, Any]) -> bool:
     """An autograded test cell: graded, not a solution."""
     m = nbgrader(cell)
     return bool(m.get("grade")) and not m.get("solution")
 
 
-def is_locked(cell) -> bool:
+def is_locked(cell: Mapping[str, Any]) -> bool:
+    """A cell nbgrader marks read-only (statements, tests, the exercise imports)."""
     return bool(nbgrader(cell).get("locked"))
 
 
-def is_graded_cell(cell) -> bool:
+def is_graded_cell(cell: Mapping[str, Any]) -> bool:
     """Any cell with nbgrader's solution, grade or locked flag (the cells the grader runs)."""
     m = nbgrader(cell)
     return bool(m.get("grade") or m.get("solution") or m.get("locked"))
 
 
-def points(cell) -> float:
+def points(cell: Mapping[str, Any]) -> float:
+    """The points the cell is worth (0 when it sets none)."""
     return float(nbgrader(cell).get("points") or 0)
 
 
@@ -127,15 +135,17 @@ def strip_hidden(source: str, where: str = "cell") -> tuple[str, int]:
     return (split_hidden(source, where)[0] if n else source), n
 
 
-def test_cells(nb) -> list:
+def test_cells(nb: nbformat.NotebookNode) -> list:
+    """The notebook's autograded test cells, in order."""
     return [c for c in nb.cells if is_test(c)]
 
 
-def solution_cells(nb) -> list:
+def solution_cells(nb: nbformat.NotebookNode) -> list:
+    """The notebook's solution cells, in order."""
     return [c for c in nb.cells if is_solution(c)]
 
 
-def check_notebook(nb, name: str = "notebook") -> list[str]:
+def check_notebook(nb: nbformat.NotebookNode, name: str = "notebook") -> list[str]:
     """What is wrong with a source notebook's nbgrader cells ([] when nothing): the rules nbgrader
     enforces (unique, well-formed grade ids; points on test cells; solution regions only in solution
     cells, hidden tests only in test cells) and the course's own (every solution cell is followed by

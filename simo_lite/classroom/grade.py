@@ -64,6 +64,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import nbformat
 
@@ -163,7 +164,8 @@ def _ignored(name: str) -> bool:
     return name.startswith(".") or name in ("__MACOSX", ".ipynb_checkpoints")
 
 
-def discover(submissions, source_dir=NOTEBOOK_DIR, unpack_dir=None) -> tuple[list[Submission], list[dict]]:
+def discover(submissions: str | Path, source_dir: str | Path = NOTEBOOK_DIR,
+             unpack_dir: str | Path | None = None) -> tuple[list[Submission], list[dict]]:
     """The submissions under a folder or in a zip, and the files that are not (as failure rows).
 
     Returns (submissions sorted by student and notebook, problems), a problem being a failures.csv
@@ -254,7 +256,8 @@ except ImportError:
     pass"""
 
 
-def rebuild(source, submitted=None, scope: str = "exercises", parameters: dict | None = None,
+def rebuild(source: nbformat.NotebookNode, submitted: nbformat.NotebookNode | None = None, scope: str = "exercises",
+            parameters: dict | None = None,
             ) -> tuple[object, list[str]]:
     """The notebook to run for a submission, and notes on what was taken from where.
 
@@ -443,8 +446,9 @@ def _units(nb, split: bool) -> list[tuple[int, object, str]]:
     return units
 
 
-def grade_notebook(source_path, submitted=None, opts: Options | None = None, student: str = "",
-                   workdir=None) -> dict:
+def grade_notebook(source_path: str | Path | nbformat.NotebookNode,
+                   submitted: str | Path | nbformat.NotebookNode | None = None, opts: Options | None = None,
+                   student: str = "", workdir: str | Path | None = None) -> dict:
     """Grade one submission of one notebook; never raises on anything the submission does.
 
     ``source_path``: the source notebook's path (or the notebook itself); ``submitted``: a path, a
@@ -628,6 +632,8 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def write_grades(results: list[dict], out: Path, source_dir: Path) -> Path:
+    """Write ``<out>/grades.csv`` (student, notebook, total, max, then one column per test ``grade_id`` of
+    the graded notebooks, in course order) from :func:`grade_notebook` results; returns its path."""
     order = list(_course_notebooks(source_dir))
     columns: list[str] = []
     for name in order:
@@ -644,6 +650,8 @@ def write_grades(results: list[dict], out: Path, source_dir: Path) -> Path:
 
 
 def write_failures(results: list[dict], problems: list[dict], out: Path) -> Path:
+    """Write ``<out>/failures.csv`` (:data:`FAILURE_COLUMNS`): every failed or skipped cell of ``results``,
+    then every file that could not be graded (``problems``); returns its path."""
     rows = [[f[c] for c in FAILURE_COLUMNS] for r in results for f in r["failures"]]
     rows += [[p[c] for c in FAILURE_COLUMNS] for p in problems]
     _write_csv(out / FAILURES_CSV, FAILURE_COLUMNS, rows)
@@ -732,8 +740,9 @@ def write_feedback(results: list[dict], out: Path) -> list[Path]:
     return written
 
 
-def grade(submissions, out=None, jobs: int = 1, progress: bool | None = None, feedback: bool = True,
-          only=None, quiet: bool = False, **options) -> dict:
+def grade(submissions: str | Path, out: str | Path | None = None, jobs: int = 1, progress: bool | None = None,
+          feedback: bool = True, only: Iterable[str | int] | None = None, quiet: bool = False,
+          **options: Any) -> dict:
     """Grade every submission under ``submissions`` (a folder or zip) into ``out``; see the module doc.
 
     ``options`` are :class:`Options` fields (source_dir, scope, profile, seed, run_dir, cell_timeout,
@@ -787,7 +796,9 @@ def grade(submissions, out=None, jobs: int = 1, progress: bool | None = None, fe
     return summary
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line of ``python -m simo_lite.grade``: grade ``SUBMISSIONS`` (see the module doc); exits with
+    an error message when nothing can be graded."""
     ap = argparse.ArgumentParser(prog="python -m simo_lite.grade", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Accepted layouts and outputs: see `python -c 'import simo_lite.grade; "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 __all__ = ["answer", "question", "questions", "questions_file", "normalise", "QUESTIONS_ENV"]
 
@@ -43,7 +44,7 @@ def questions_file() -> Path | None:
     return None
 
 
-def questions(path=None) -> dict[str, dict]:
+def questions(path: str | Path | None = None) -> dict[str, dict]:
     """{question id: {"notebook", "question", "options", "explanations"}}, read from the questions file.
 
     Empty when no file is found. Raises ValueError on a malformed file (an explanation per option is
@@ -77,7 +78,7 @@ def questions(path=None) -> dict[str, dict]:
     return _cache[cache_key]
 
 
-def normalise(choice) -> str | None:
+def normalise(choice: object) -> str | None:
     """``"(B) "`` -> ``"b"``; None stays None; anything that is not a string -> its repr, never an option."""
     if choice is None:
         return None
@@ -96,7 +97,8 @@ def question(qid: str) -> None:
         print(f"  ({k}) {v}")
 
 
-def answer(qid: str, choice, options=None, key: str | None = None, strict: bool = False) -> bool:
+def answer(qid: str, choice: object, options: str | Sequence[str] | None = None, key: str | None = None,
+           strict: bool = False) -> bool:
     """Check the answer ``choice`` ("a", "b", ...) to the concept question ``qid``; print what it found.
 
     Without ``key`` (the public check, in every copy of a notebook) only the format is checked:

@@ -53,6 +53,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import nbformat
 
@@ -109,7 +110,7 @@ def _fingerprint(nb) -> str:
     return h.hexdigest()[:16]
 
 
-def copy_status(path) -> str | None:
+def copy_status(path: str | Path) -> str | None:
     """Why the student copy at ``path`` must not be overwritten, or None when it is safe to replace.
 
     Safe: the file is missing, or is a copy this tool generated whose cell sources still match the
@@ -196,12 +197,12 @@ def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
     return "\n".join(out), n
 
 
-def count_solutions(nb) -> int:
+def count_solutions(nb: nbformat.NotebookNode) -> int:
     """Number of solution blocks in a notebook (validates the markers)."""
     return sum(strip_solutions(c.source, f"cell {k}")[1] for k, c in enumerate(nb.cells) if c.cell_type == "code")
 
 
-def make_student(nb, name: str = "", kind: str = "student") -> tuple[object, int]:
+def make_student(nb: nbformat.NotebookNode, name: str = "", kind: str = "student") -> tuple[object, int]:
     """A student copy of notebook ``nb`` (not modified) and the number of solutions removed.
 
     ``kind="release"`` makes a release copy for a class (:mod:`simo_lite.classroom.assign`): the same
@@ -250,8 +251,8 @@ def _write_atomic(path: Path, text: str) -> None:
     write_text(path, text)          # simo_lite.atomic: the one atomic writer
 
 
-def generate(out_dir=STUDENT_DIR, only=None, quiet: bool = False, force: bool = False,
-             kind: str = "student", source_dir=None) -> dict[str, int]:
+def generate(out_dir: str | Path = STUDENT_DIR, only: Iterable[str | int] | None = None, quiet: bool = False,
+             force: bool = False, kind: str = "student", source_dir: str | Path | None = None) -> dict[str, int]:
     """Write the student copy of every course notebook (or those numbered in ``only``) to ``out_dir``.
 
     Returns {notebook file name: solutions removed}; prints one line per notebook unless ``quiet``.
@@ -312,7 +313,8 @@ def _books(only=None, source_dir=None) -> list[Path]:
     return books
 
 
-def store_nbval_outputs(executed_dir, only=None, partial: bool = False) -> dict[str, int]:
+def store_nbval_outputs(executed_dir: str | Path, only: Iterable[str | int] | None = None,
+                        partial: bool = False) -> dict[str, int]:
     """Copy the outputs of the ``# NBVAL_CHECK_OUTPUT`` cells of executed notebooks into the sources.
 
     ``executed_dir`` holds notebooks executed by the course runner (``runs/smoke-0``, smoke profile):
@@ -348,7 +350,9 @@ def store_nbval_outputs(executed_dir, only=None, partial: bool = False) -> dict[
     return report
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line of ``python -m simo_lite.student``: write the student copies to ``--out`` (or, with
+    ``--store-nbval-outputs RUN_DIR``, store the checked outputs); exits with an error message on a problem."""
     ap = argparse.ArgumentParser(prog="python -m simo_lite.student", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(STUDENT_DIR), help="output folder (default: notebooks/student)")
     ap.add_argument("--only", nargs="+", help="notebook numbers, e.g. 03 04")
