@@ -28,6 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 if not __package__:                                   # python benchmarks/bench.py: import as the package
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -38,7 +39,8 @@ from benchmarks.common import REPO, SCHEMA_VERSION, env_info, write_json_atomic 
 SECTIONS = ("scenes", "course", "merging", "head_realign", "table4")
 
 
-def run_section(name: str, fn, results: dict, render, errors: dict) -> dict | None:
+def run_section(name: str, fn: Callable[[], dict], results: dict, render: Callable[[dict], str],
+                errors: dict) -> dict | None:
     """Run ``fn()`` (a section's ``run``), store it as ``results[name]`` with ``section_wall_s``
     (seconds) and print ``render(section)``; on an exception, record it in ``errors[name]`` and return
     None, so one failing section does not lose the others."""
@@ -84,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv=None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     """Run the wanted sections, print each as Markdown, write the JSON (``--out``) and return it."""
     args = parser().parse_args(argv)
     if args.merge_case:                     # one merging case in this process (as ``-m benchmarks.merging_cost``)

@@ -9,6 +9,7 @@ import platform
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from simo_lite.atomic import write_text
 
@@ -73,7 +74,7 @@ def env_info() -> dict:
 # ----------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------
-def write_json_atomic(path: Path, obj) -> Path:
+def write_json_atomic(path: Path, obj: Any) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically (:func:`simo_lite.atomic.write_text`); creates the
     parent directory; returns the path."""
     return write_text(path, json.dumps(obj, indent=1, default=float))
@@ -85,7 +86,7 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return write_text(path, text)
 
 
-def load_json(path) -> object | None:
+def load_json(path: str | Path) -> object | None:
     """The parsed JSON at ``path``, or None when the file is missing or not valid JSON."""
     try:
         return json.loads(Path(path).read_text())

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 from benchmarks.common import BUDGETS, REPO, env_info, md_table, write_json_atomic
 
@@ -107,7 +108,8 @@ def run_profile(profile: str, run_dir: Path, fresh: bool = False) -> dict:
     return out
 
 
-def run(profiles, course_root: Path, fresh: bool = False, errors: dict | None = None, echo=None) -> dict:
+def run(profiles: Sequence[str], course_root: Path, fresh: bool = False, errors: dict | None = None,
+        echo: Callable[..., object] | None = None) -> dict:
     """``{profile: timings}``: the course run now in each of ``profiles`` (:func:`run_profile`), and the
     complete earlier runs of the other :data:`PROFILES` found in ``<course_root>/course-<profile>``
     (marked ``reused``). A profile whose run raises is left out and its error goes to

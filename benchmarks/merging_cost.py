@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from simo_lite import merging
 
@@ -44,7 +44,7 @@ class MergeCase:
     build: Callable[[dict, dict], Callable[[], dict]]
 
 
-def registry_case(method: str, **kwargs) -> MergeCase:
+def registry_case(method: str, **kwargs: Any) -> MergeCase:
     """A case dispatched through ``merging.merge(method, pretrained, tvs, **kwargs)``; its label is the
     registry's, with the method's options appended ("TIES (k=0.2)")."""
     spec = merging.MERGE_METHODS[method]
@@ -285,7 +285,8 @@ FULL = dict(n_tasks=(2, 3, 5))
 QUICK = dict(n_tasks=(2,), methods=QUICK_CASES, shape_kw=QUICK_SHAPES)      # seconds, for the tests
 
 
-def run(n_tasks=(2, 3, 5), methods=tuple(CASES), shape_kw: dict | None = None, seed: int = 0,
+def run(n_tasks: Sequence[int] = (2, 3, 5), methods: Sequence[str] = tuple(CASES), shape_kw: dict | None = None,
+        seed: int = 0,
         fresh_process: bool = True) -> dict:
     """Every case of ``methods`` (names in :data:`CASES`) at every task count of ``n_tasks``, on an
     encoder of :func:`vit_shapes` ``(**shape_kw)`` (default ViT-B/16).

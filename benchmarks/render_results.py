@@ -28,6 +28,7 @@ import datetime as _dt
 import socket
 import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 if not __package__:                                   # python benchmarks/render_results.py: import as the package
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -71,7 +72,7 @@ def table_name(key: str | None) -> str:
     return "no paper table" if key is None else key.replace("table", "Table ")
 
 
-def load_run(run_dir, profile: str) -> dict:
+def load_run(run_dir: str | Path, profile: str) -> dict:
     """The results of one run directory: ``{"run_dir", "profile", "meta" (run-meta.json or
     bench-meta.json, or None), "sets": {set name: {"tasks", "path", "date", "rows": {row: dict},
     "training", "training_path"}}}`` for every task set of ``TASK_SETS`` that has a results table."""
@@ -344,7 +345,8 @@ def verdict(ours: bool | None, paper: bool | None) -> str:
     return "agrees" if ours == paper else "differs"
 
 
-def evaluate_claims(claims, ours_args, paper_args) -> list[dict]:
+def evaluate_claims(claims: Sequence[tuple[str, Callable[..., tuple[bool | None, str | None]]]],
+                    ours_args: tuple[dict, ...] | None, paper_args: tuple[dict, ...] | None) -> list[dict]:
     """Each ``(label, predicate)`` of ``claims`` applied to our numbers and to the paper's (None: that side
     is missing): ``[{"claim", "ours_holds", "ours" (evidence), "paper_holds", "paper", "verdict"}]``."""
     out = []
@@ -581,7 +583,7 @@ def render(run_dirs: list[tuple[str, str]], bench_path: str, paper_path: str, ar
     return doc.replace(f"{REPO}/", ""), items                      # repository-relative paths in the text
 
 
-def main(argv=None) -> str:
+def main(argv: Sequence[str] | None = None) -> str:
     """Parse the command line, render the document, write it atomically to ``--out`` and return it."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run-dir", default="runs/cpu-0", help="cpu-profile run directory (results/table-*.json)")

@@ -11,6 +11,7 @@ import argparse
 import datetime
 import json
 from pathlib import Path
+from typing import Sequence
 
 import nbformat
 
@@ -39,7 +40,7 @@ def runtime_cell(name: str, smoke: dict, cpu: dict, date: str) -> str:
     ])
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Rewrite the "## Runtime" cell of every course notebook from the two runtimes.json files."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", required=True)

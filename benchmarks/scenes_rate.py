@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 from benchmarks.common import md_table
 
@@ -10,7 +11,7 @@ FULL = dict(sizes=(64, 128), n=1000, repeats=2)
 QUICK = dict(sizes=(64, 128), n=16, repeats=1)          # seconds, for the tests
 
 
-def run(sizes=(64, 128), n: int = 1000, repeats: int = 2) -> dict:
+def run(sizes: Sequence[int] = (64, 128), n: int = 1000, repeats: int = 2) -> dict:
     """Render ``n`` scenes ``repeats`` times at every size in ``sizes`` (pixels per side).
 
     Returns ``{"threads": torch threads, "rows": [{"size", "scenes_per_s" (best run), "n", "repeats",

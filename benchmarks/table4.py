@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 from benchmarks.common import REPO, md_table
 
@@ -16,7 +17,7 @@ def rows_with_cost() -> tuple[str, ...]:
     return tuple(r for r in ROWS if r in ("experts", "mtl") or "+" in r)
 
 
-def candidates(profiles, course_root: Path, results_run_dir=None) -> list:
+def candidates(profiles: Sequence[str], course_root: Path, results_run_dir: str | Path | None = None) -> list:
     """Run dirs to take the table from, in order: ``results_run_dir`` alone when given, else
     ``runs/<profile>-0`` then ``<course_root>/course-<profile>``, larger profiles (not smoke) first."""
     if results_run_dir:
@@ -25,7 +26,7 @@ def candidates(profiles, course_root: Path, results_run_dir=None) -> list:
     return [REPO / "runs" / f"{p}-0" for p in order] + [Path(course_root) / f"course-{p}" for p in order]
 
 
-def find_results_dir(candidates) -> Path | None:
+def find_results_dir(candidates: Sequence[str | Path]) -> Path | None:
     """The first of ``candidates`` with a ``results/table-*.json``, or None."""
     for c in candidates:
         if c and (Path(c) / "results").is_dir() and any((Path(c) / "results").glob("table-*.json")):
@@ -33,7 +34,7 @@ def find_results_dir(candidates) -> Path | None:
     return None
 
 
-def not_found(candidates) -> dict:
+def not_found(candidates: Sequence[str | Path]) -> dict:
     """The section recorded when no candidate has results: no sets, and the dirs searched."""
     return {"run_dir": None, "sets": [], "searched": [str(c) for c in candidates]}
 

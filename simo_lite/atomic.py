@@ -55,7 +55,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, write)
 
 
-def write_json(path: str | os.PathLike, obj: Any, **dumps_kw) -> Path:
+def write_json(path: str | os.PathLike, obj: Any, **dumps_kw: Any) -> Path:
     """Atomically write ``obj`` as JSON (``indent=1``, non-JSON numbers such as numpy floats as floats,
     unless ``dumps_kw`` says otherwise), with a final newline."""
     kw = {"indent": 1, "default": float, **dumps_kw}

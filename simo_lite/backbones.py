@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -75,7 +75,7 @@ def _kwargs(img_size, kwargs: dict) -> dict:
 
 
 def make_backbone(name: str, img_size: int | tuple[int, int] | None = None, seed: int | None = None,
-                  **kwargs) -> nn.Module:
+                  **kwargs: Any) -> nn.Module:
     """An untrained timm ViT ``name`` (random init, reproducible with ``seed``), no classifier.
 
     Same architecture and state-dict keys as :func:`load_backbone` with the same ``img_size`` and
@@ -90,7 +90,7 @@ def make_backbone(name: str, img_size: int | tuple[int, int] | None = None, seed
     return model
 
 
-def backbone_dims(name: str, **kwargs) -> dict[str, int]:
+def backbone_dims(name: str, **kwargs: Any) -> dict[str, int]:
     """The Profile fields of timm model ``name``: {'patch_size', 'embed_dim', 'depth', 'num_heads'}.
 
     Built on the ``meta`` device (no memory, no weights), so it is instant even for ViT-g.
@@ -213,7 +213,7 @@ def _dims_of(model) -> dict:
 
 
 def load_backbone(name: str, weights: str | Path, img_size: int | tuple[int, int] | None = None,
-                  **kwargs) -> nn.Module:
+                  **kwargs: Any) -> nn.Module:
     """timm ViT ``name`` with the weights of the local file ``weights``, no classifier (``num_classes=0``).
 
     Args:

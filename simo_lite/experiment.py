@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -45,6 +46,10 @@ from .rows import BASELINES, ROWS, TABLE_ROWS, RowSpec, row_label, row_spec
 from .tasks import get_task, get_tasks, lower_is_better
 from .training import (RunRecord, build_model, evaluate, expert_artifact, load_data, mtl_artifact, train_expert,
                        train_mtl)
+
+if TYPE_CHECKING:
+    from .classroom.course import Course
+    from .types import Tasks
 
 __all__ = ["Experiment", "ROWS", "TABLE_ROWS", "RowSpec", "row_spec", "row_label"]
 
@@ -85,7 +90,10 @@ class Experiment:
         self._tvs: dict = {}
 
     @classmethod
-    def from_course(cls, ctx, tasks="nyu3", **kw) -> "Experiment":
+    def from_course(cls, ctx: Course, tasks: Tasks = "nyu3", **kw: Any) -> "Experiment":
+        """The experiment of a notebook's :class:`~simo_lite.course.Course` ``ctx`` (its profile, seed, device,
+        run directory and progress setting) on ``tasks``; ``kw``: the other constructor arguments
+        (``ties_k``, ``adapter_rank``, ``realign_samples``)."""
         return cls(ctx.profile, tasks, ctx.seed, ctx.device, ctx.run_dir, ctx.progress, **kw)
 
     # -- lazily loaded inputs ----------------------------------------------------------------------
@@ -123,16 +131,21 @@ class Experiment:
 
     @property
     def foundation_hash(self) -> str:
+        """The config hash of :attr:`foundation` (:func:`simo_lite.foundation.load_foundation`'s), loaded on
+        first use."""
         self._load_foundation()
         return self._foundation_hash
 
     @property
     def foundation_key(self) -> str:
+        """The store key of :attr:`foundation` (:func:`simo_lite.store.foundation_key`: config hash + weights)."""
         self._load_foundation()
         return self._foundation_key
 
     # -- experts and baselines -----------------------------------------------------------------
     def expert(self, task: str) -> tuple[SimoModel, RunRecord]:
+        """``task``'s expert (the foundation fine-tuned on ``task``) and its training record; trained, or
+        loaded from the store, on first use."""
         if task not in self._experts:
             self._experts[task] = train_expert(task, self.foundation, self.foundation_key, self.profile, self.data,
                                                self.run_dir, seed=self.seed, device=self.device,
@@ -144,6 +157,7 @@ class Experiment:
         return expert_artifact(task, self.foundation_key, self.profile, self.seed, self.data_key)
 
     def mtl_artifact(self) -> st.Artifact:
+        """The store artifact of the joint MTL model on :attr:`tasks` (its key), without training it."""
         return mtl_artifact(self.tasks, self.foundation_key, self.profile, self.seed, self.data_key)
 
     def _upstream(self, tasks=None) -> dict[str, str]:
@@ -153,6 +167,7 @@ class Experiment:
                 **{f"expert-{t}": self.expert_artifact(t).key for t in tasks}}
 
     def experts(self) -> dict[str, tuple[SimoModel, RunRecord]]:
+        """Every task's expert and training record, ``{task: (model, record)}`` (:meth:`expert`)."""
         return {t: self.expert(t) for t in self.tasks}
 
     def expert_metrics(self, split: str = "test") -> dict[str, float]:
@@ -160,40 +175,54 @@ class Experiment:
         return {t: self.expert(t)[1].metrics[split][t] for t in self.tasks}
 
     def mtl(self) -> tuple[SimoModel, RunRecord]:
+        """The joint multi-task model on :attr:`tasks` (one encoder, every head) and its training record;
+        trained, or loaded from the store."""
         return train_mtl(self.tasks, self.foundation, self.foundation_key, self.profile, self.data, self.run_dir,
                          seed=self.seed, device=self.device, progress=self.progress, data_key=self.data_key)
 
-    def task_vectors(self, tasks=None) -> dict[str, dict]:
+    def task_vectors(self, tasks: Tasks | None = None) -> dict[str, dict]:
+        """``{task: expert encoder state - foundation state}`` (:func:`simo_lite.merging.task_vectors`) for
+        ``tasks`` (default: the experiment's), computed once per task."""
         tasks = get_tasks(tasks) if tasks is not None else self.tasks
         for t in tasks:
             if t not in self._tvs:
                 self._tvs.update(merging.task_vectors(self.foundation, {t: self.expert(t)[0].encoder.state_dict()}))
         return {t: self._tvs[t] for t in tasks}
 
-    def with_heads(self, encoder_state: dict, tasks=None) -> SimoModel:
+    def with_heads(self, encoder_state: dict, tasks: Tasks | None = None) -> SimoModel:
         """A model with ``encoder_state`` and copies of the experts' heads (heads are never merged)."""
         tasks = get_tasks(tasks) if tasks is not None else self.tasks
         heads = {t: self.expert(t)[0].heads[t].state_dict() for t in tasks}
         return build_model(encoder_state, self.profile, tasks, head_states=heads)
 
     # -- scoring ------------------------------------------------------------------------------
-    def evaluate(self, model: SimoModel, split: str = "test", tasks=None) -> dict[str, float]:
+    def evaluate(self, model: SimoModel, split: str = "test", tasks: Tasks | None = None) -> dict[str, float]:
+        """``{task: metric}`` of ``model`` on the split ``split`` of :attr:`data`, for ``tasks`` (default: the
+        model's)."""
         return evaluate(model, self.data[split], tasks or model.tasks, device=self.device)
 
     def score(self, metrics: dict, split: str = "test", kind: str = "ratio") -> float:
+        """Δm of ``metrics`` (``{task: metric}`` on ``split``) against the experts' metrics on the same split
+        (:func:`simo_lite.metrics.delta_m`, ``kind`` "ratio" or "relative")."""
         base = self.expert_metrics(split)
         return delta_m(metrics, {t: base[t] for t in metrics}, {t: self.lower[t] for t in metrics}, kind=kind)
 
     def normalized(self, metrics: dict, split: str = "test") -> dict[str, float]:
+        """``{task: performance normalised by the expert's}`` of ``metrics`` (``{task: metric}`` on ``split``;
+        :func:`simo_lite.metrics.normalized_performance`)."""
         base = self.expert_metrics(split)
         return normalized_performance(metrics, {t: base[t] for t in metrics}, {t: self.lower[t] for t in metrics})
 
     # -- merging ------------------------------------------------------------------------------
-    def merge(self, method: str, alpha: float, tasks=None, **kw) -> dict:
+    def merge(self, method: str, alpha: float, tasks: Tasks | None = None, **kw: Any) -> dict:
+        """The merged encoder's state dict: the foundation plus the task vectors of ``tasks`` (default: the
+        experiment's) merged by ``method`` at ``alpha`` (:func:`simo_lite.merging.merge`; ``kw``: the
+        method's options, ``ties_k`` defaulting to the experiment's)."""
         kw.setdefault("ties_k", self.ties_k)
         return merging.merge(method, self.foundation, self.task_vectors(tasks), alpha=alpha, seed=self.seed, **kw)
 
-    def alpha_sweep(self, method: str = "ta", grid=merging.ALPHA_GRID, tasks=None, **kw) -> dict[float, dict]:
+    def alpha_sweep(self, method: str = "ta", grid: Sequence[float] = merging.ALPHA_GRID, tasks: Tasks | None = None,
+                    **kw: Any) -> dict[float, dict]:
         """Validation metrics of the merged model at every alpha: {alpha: {task: metric}}.
 
         One merge and one evaluation on the validation split per grid point; cached in memory and
@@ -227,7 +256,8 @@ class Experiment:
         self.store.write_json(path, {"method": method, "tasks": list(tasks), "kw": kw, "val_metrics": sweep}, art)
         return sweep
 
-    def alpha_artifact(self, method: str = "ta", grid=merging.ALPHA_GRID, tasks=None, **kw) -> st.Artifact:
+    def alpha_artifact(self, method: str = "ta", grid: Sequence[float] = merging.ALPHA_GRID,
+                       tasks: Tasks | None = None, **kw: Any) -> st.Artifact:
         """The store artifact of an alpha sweep: method, grid, settings + data, foundation, experts."""
         tasks = get_tasks(tasks) if tasks is not None else self.tasks
         kw.setdefault("ties_k", self.ties_k)
@@ -241,7 +271,8 @@ class Experiment:
                            {"method": method, "ties_k": self.ties_k, "seed": self.seed},
                            {**self._upstream(), f"alpha-{method}": self.alpha_artifact(method).key})
 
-    def select_alpha(self, method: str = "ta", grid=merging.ALPHA_GRID, tasks=None, **kw) -> tuple[float, dict]:
+    def select_alpha(self, method: str = "ta", grid: Sequence[float] = merging.ALPHA_GRID, tasks: Tasks | None = None,
+                     **kw: Any) -> tuple[float, dict]:
         """Best alpha on the validation split (ratio Δm against the experts' validation metrics).
 
         Returns (alpha, {alpha: validation Δm}); the sweep is :meth:`alpha_sweep` (cached)."""
@@ -253,7 +284,7 @@ class Experiment:
         alpha, scores = self.select_alpha(method)
         return self.with_heads(self.merge(method, alpha)), alpha, scores
 
-    def tall(self, lams=(0.2, 0.4, 0.6, 0.8, 1.0)) -> tuple[dict[str, float], dict[str, float]]:
+    def tall(self, lams: Sequence[float] = (0.2, 0.4, 0.6, 0.8, 1.0)) -> tuple[dict[str, float], dict[str, float]]:
         """TALL masks with lambda chosen per task on validation; one encoder per task (T passes).
 
         Returns (test metrics {task: metric}, chosen lambda per task)."""
@@ -310,7 +341,8 @@ class Experiment:
 
         return merge_combinations(self.tasks, score)
 
-    def task_relationships(self, lams=tuple(round(0.1 * i, 1) for i in range(16)), split: str = "val") -> dict:
+    def task_relationships(self, lams: Sequence[float] = tuple(round(0.1 * i, 1) for i in range(16)),
+                           split: str = "val") -> dict:
         """Paper Figs. 3/5/6: theta_0 + lam * tau_primary with every head attached, for each primary task.
 
         Returns {primary: {lam: {task: normalised performance}}}."""
@@ -332,7 +364,7 @@ class Experiment:
                                        device=self.device, progress=self.progress)
 
     # -- fixes --------------------------------------------------------------------------------
-    def fix(self, name: str, model: SimoModel, **options) -> tuple[SimoModel, RunRecord]:
+    def fix(self, name: str, model: SimoModel, **options: Any) -> tuple[SimoModel, RunRecord]:
         """Apply the fix ``name`` (a name in ``fixes.FIXES``) to ``model``: (fixed copy, its cost)."""
         spec = fx.FIXES[name]
         unknown = sorted(set(options) - set(spec.options))
@@ -340,18 +372,20 @@ class Experiment:
             raise ValueError(f"fix {name!r}: unknown option(s) {unknown}; it takes: {', '.join(spec.options) or 'none'}")
         return spec.apply(self, model, **options)
 
-    def head_realigned(self, model: SimoModel, cached: bool = True, steps: int | None = None):
+    def head_realigned(self, model: SimoModel, cached: bool = True,
+                       steps: int | None = None) -> tuple[SimoModel, RunRecord]:
         """Head realignment of ``model`` on the realignment split (the "head" fix)."""
         return self.fix("head", model, cached=cached, steps=steps)
 
-    def repr_realigned(self, model: SimoModel, kind: str = "block", rank: int | None = None, steps: int | None = None):
+    def repr_realigned(self, model: SimoModel, kind: str = "block", rank: int | None = None,
+                       steps: int | None = None) -> tuple[SimoModel, RunRecord]:
         """Representation realignment of ``model`` on the realignment split (the "repr" fix for kind
         "block", "lora" for kind "lora"), cached in the store's ``realign/`` folder under a key that
         chains ``model``'s weights (content fingerprint) and the split's key."""
         return fx.adapter_realignment(self, model, kind=kind, rank=rank, steps=steps)
 
     # -- the table ----------------------------------------------------------------------------
-    def row_artifact(self, row) -> st.Artifact:
+    def row_artifact(self, row: str | tuple[str, str | None] | RowSpec) -> st.Artifact:
         """The store artifact of table row ``row`` (an id, a (method, fix) pair or a RowSpec): its settings
         + the keys of everything it uses (data, foundation, every expert; a baseline's own inputs, e.g.
         the MTL model for "mtl"; the merged model for rows of a merge method that sweeps alpha)."""
@@ -383,7 +417,7 @@ class Experiment:
             model, cost = self.fix(spec.fix, model)
         return self.evaluate(model), cost, extra
 
-    def row(self, row) -> dict:
+    def row(self, row: str | tuple[str, str | None] | RowSpec) -> dict:
         """One results-table row (cached as JSON): test metrics, normalised %, Δm both forms, cost.
 
         ``row``: an id ("ta+head"), a (method, fix) pair (``("ta", "head")``, ``("ta", None)``) or a
@@ -403,7 +437,8 @@ class Experiment:
         self.store.write_json(path, record, art)
         return json.loads(json.dumps(record, default=float))     # what a later read returns
 
-    def results_table(self, rows=ROWS, write: bool = True) -> list[dict]:
+    def results_table(self, rows: Sequence[str | tuple[str, str | None] | RowSpec] = ROWS,
+                      write: bool = True) -> list[dict]:
         """Rows of the results table (ids, (method, fix) pairs or RowSpecs); writes
         results/table-<tasks>.{md,json} to the run directory."""
         table = [self.row(r) for r in rows]
@@ -501,7 +536,7 @@ def _parse_args(argv=None):
     return args, prof, task_sets, device, run_dir
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """``python -m simo_lite.experiment --profile cpu --tasks nyu3 diverse5``: every results table.
 
     Validates every argument first (see :func:`_parse_args`), seeds torch's global generator with

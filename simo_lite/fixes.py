@@ -64,7 +64,8 @@ FIXES: Registry[Fix] = Registry("fix")
 
 
 def register_fix(name: str, apply: Callable[..., tuple] | None = None, *, options: tuple[str, ...] = (),
-                 label: str = "", replace: bool = False):
+                 label: str = "", replace: bool = False
+                 ) -> Callable[..., tuple] | Callable[[Callable[..., tuple]], Callable[..., tuple]]:
     """Register a fix (directly, or as a decorator when ``apply`` is omitted); returns ``apply``.
 
     After that ``exp.fix(name, model)`` and the results-table rows ``(method, name)`` accept it."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,8 +167,9 @@ def write_cityscapes(root: str | Path, n_train: int = 10, n_val: int = 4, hw: tu
     return root
 
 
-def write_backbone_checkpoint(path: str | Path, name: str = FIXTURE_BACKBONE, seed: int = 0, img_size=None,
-                              head: bool = False, **kwargs) -> Path:
+def write_backbone_checkpoint(path: str | Path, name: str = FIXTURE_BACKBONE, seed: int = 0,
+                              img_size: int | tuple[int, int] | None = None, head: bool = False,
+                              **kwargs: Any) -> Path:
     """A randomly initialised timm ViT ``name`` (``kwargs`` e.g. depth / embed_dim to shrink it)
     saved to ``path`` like a real weights file: safetensors for ``.safetensors``, else ``torch.save``
     of the state dict. ``head`` keeps an ImageNet-style classifier in the file (as in timm's

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -246,7 +246,7 @@ register_merge_method("consensus", lambda pretrained, tvs, alpha, lam=0.6: conse
 
 
 def merge(method: str, pretrained: StateDict, task_vectors: dict[str, StateDict], alpha: float = 1.0,
-          **options) -> StateDict:
+          **options: Any) -> StateDict:
     """One entry point for the single-encoder merges: ``method`` is a name in :data:`MERGE_METHODS`.
 
     ``options`` (``ties_k``, ``dare_p``, ``lam``, ``seed``, or a registered method's own) go to the

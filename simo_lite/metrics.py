@@ -61,6 +61,7 @@ class MeanIoU:
         return torch.where(union > 0, tp / union.clamp(min=1), torch.tensor(float("nan"), dtype=torch.float64))
 
     def compute(self) -> float:
+        """The mean IoU over classes present in pred or target; NaN when no pixel was counted."""
         iou = self.per_class()
         return float(iou[~iou.isnan()].mean()) if (~iou.isnan()).any() else float("nan")
 
@@ -80,7 +81,16 @@ class MeanAbsError:
         self.count += err.numel()
 
     def compute(self) -> float:
-        return self.total / max(self.count, 1)
+        """The mean over valid pixels; NaN when no pixel was valid (never 0.0, a perfect score)."""
+        return self.total / self.count if self.count else float("nan")
+
+
+def valid_normals(target: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) bool: pixels with a defined normal in ``target`` (B, 3, H, W).
+
+    Real datasets mark a missing normal with zeros; a defined one is a unit vector. The normals
+    loss (``tasks``) and :class:`MeanAngleError` both use this one mask."""
+    return (target * target).sum(1) > 0.25
 
 
 class MeanAngleError:
@@ -90,29 +100,38 @@ class MeanAngleError:
         self.total, self.count = 0.0, 0
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        valid = (target * target).sum(1) > 0.25                      # (B, H, W) defined normals
+        """pred (B, 3, H, W) normals (normalised here), target (B, 3, H, W) unit normals, zeros where missing."""
+        valid = valid_normals(target)                                # (B, H, W) defined normals
         pred = unit_channels(pred)
         cos = (pred * target).sum(1).clamp(-1, 1)[valid]
         self.total += float(torch.rad2deg(torch.acos(cos)).sum())
         self.count += cos.numel()
 
     def compute(self) -> float:
-        return self.total / max(self.count, 1)
+        """The mean angle (degrees) over valid pixels; NaN when no pixel had a defined normal."""
+        return self.total / self.count if self.count else float("nan")
 
 
 class BinaryF1:
-    """F1 of the positive class: 2TP / (2TP + FP + FN), with pred and target in {0, 1}."""
+    """F1 of the positive class: 2TP / (2TP + FP + FN), with pred and target in {0, 1}, pooled over
+    every pixel seen.
+
+    With no positive in either pred or target (TP = FP = FN = 0) F1 is 0/0: :meth:`compute` returns
+    NaN, like the IoU of a class absent from both; torchmetrics' ``BinaryF1Score`` returns its
+    ``zero_division`` value there (0 by default). Everywhere else the two agree."""
 
     def __init__(self):
         self.tp = self.fp = self.fn = 0
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred, target: same shape (e.g. (B, 1, H, W)), values in {0, 1}; counts TP, FP and FN."""
         p, t = pred.bool(), target.bool()
         self.tp += int((p & t).sum())
         self.fp += int((p & ~t).sum())
         self.fn += int((~p & t).sum())
 
     def compute(self) -> float:
+        """F1 = 2TP / (2TP + FP + FN) over every pixel seen; NaN when there was no positive at all."""
         denom = 2 * self.tp + self.fp + self.fn
         return 2 * self.tp / denom if denom else float("nan")
 

@@ -13,7 +13,7 @@ Heads only ever see ``features``, so head realignment can cache them once per me
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -45,7 +45,7 @@ def make_encoder(img_size: int | tuple[int, int] = 64, patch_size: int = 8, embe
                                  num_heads=num_heads, num_classes=0, class_token=True)
 
 
-def encoder_features(encoder: VisionTransformer, images: torch.Tensor, taps) -> torch.Tensor:
+def encoder_features(encoder: VisionTransformer, images: torch.Tensor, taps: Sequence[int]) -> torch.Tensor:
     """Head-input features (B, L, 2C, h, w) of ``images`` (B, 3, H, W) in [0, 1] at blocks ``taps``."""
     x = encoder_io(encoder).transform(images)                             # paper: [-1, 1] input
     outs = encoder.forward_intermediates(x, indices=list(taps), return_prefix_tokens=True, norm=False,
@@ -75,6 +75,7 @@ class LinearHead(nn.Module):
         self.proj = nn.Conv2d(in_channels * num_taps, out_channels, 1)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """Features (B, L, 2C, h, w) -> raw outputs (B, out, H, W)."""
         x = feats.flatten(1, 2)                                           # (B, L*2C, h, w)
         x = self.proj(self.norm(x))                                       # (B, out, h, w)
         return F.interpolate(x, size=self.out_size, mode="bilinear", align_corners=False)
@@ -97,6 +98,7 @@ class ConvHead(nn.Module):
         self.out = nn.Conv2d(width // 2, out_channels, 1)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """Features (B, L, 2C, h, w) -> raw outputs (B, out, H, W)."""
         x = sum(p(feats[:, i]) for i, p in enumerate(self.project))      # (B, width, h, w)
         x = self.refine(x)
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)  # (B, width, 2h, 2w)
@@ -163,15 +165,19 @@ class SimoModel(nn.Module):
 
     @property
     def tasks(self) -> tuple[str, ...]:
+        """The model's task names, in head order."""
         return tuple(self.heads.keys())
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Head-input features (B, L, 2C, h, w) of ``images`` (B, 3, H, W) in [0, 1] (:func:`encoder_features`)."""
         return encoder_features(self.encoder, images, self.taps)         # (B, L, 2C, h, w)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{task: raw output (B, C_task, H, W)}`` of ``images`` (B, 3, H, W) in [0, 1]; the encoder runs once."""
         feats = self.features(images)
         return {t: head(feats) for t, head in self.heads.items()}
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (elements) of ``module``; only those with ``requires_grad`` when ``trainable_only``."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

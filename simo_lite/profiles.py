@@ -10,7 +10,7 @@ parameters) at 128 px with tens of thousands of scenes.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .data import DATASETS, DEFAULT_DATASET, NATIVE_HW
 
@@ -103,6 +103,7 @@ class Profile:
                     embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads)
 
     def to_dict(self) -> dict:
+        """Every field as ``{name: value}`` (``dataclasses.asdict``), e.g. for a store artifact's config."""
         return asdict(self)
 
 
@@ -132,7 +133,7 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def get(profile: str | Profile = "cpu", **overrides) -> Profile:
+def get(profile: str | Profile = "cpu", **overrides: Any) -> Profile:
     """The named profile, with ``overrides`` of its fields applied (unknown fields raise)."""
     if isinstance(profile, Profile):
         base = profile

@@ -11,7 +11,7 @@ No torch and no tqdm import here until a bar is drawn.
 from __future__ import annotations
 
 import os
-from typing import Iterable, TypeVar
+from typing import Any, Iterable, TypeVar
 
 __all__ = ["progress_enabled", "progress", "QUIET_VARIABLES"]
 
@@ -31,7 +31,7 @@ def progress_enabled(show: bool | None = None) -> bool:
 
 
 def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, *, show: bool | None = None,
-             min_total: int = 0, **tqdm_kwargs) -> Iterable[T]:
+             min_total: int = 0, **tqdm_kwargs: Any) -> Iterable[T]:
     """``iterable`` wrapped in a ``tqdm.auto`` bar when :func:`progress_enabled` says so, else as it is.
 
     Args:

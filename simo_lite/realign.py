@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -25,6 +26,10 @@ from . import store as st
 from .models import SimoModel, count_parameters
 from .tasks import get_tasks
 from .training import RunRecord, cache_features, fit, set_trainable
+from .types import Device, Tasks
+
+if TYPE_CHECKING:
+    from peft import LoraModel
 
 __all__ = ["cache_features", "head_realign", "BlockAdapter", "AdaptedBlock", "add_block_adapters", "add_lora",
            "fold_lora", "representation_realign", "LORA_TARGETS"]
@@ -32,9 +37,9 @@ __all__ = ["cache_features", "head_realign", "BlockAdapter", "AdaptedBlock", "ad
 LORA_TARGETS = r".*blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 
 
-def head_realign(model: SimoModel, val: dict, tasks=None, steps: int = 300, lr: float = 1e-3, batch_size: int = 32,
-                 seed: int = 0, device="cpu", progress: bool = False, cached: bool = True
-                 ) -> tuple[SimoModel, RunRecord]:
+def head_realign(model: SimoModel, val: dict, tasks: Tasks | None = None, steps: int = 300, lr: float = 1e-3,
+                 batch_size: int = 32, seed: int = 0, device: Device = "cpu", progress: bool = False,
+                 cached: bool = True) -> tuple[SimoModel, RunRecord]:
     """Fine-tune each head of ``model`` (a copy) on ``val`` with the encoder frozen, tasks independent.
 
     With ``cached=True`` the encoder runs once over ``val``; with ``cached=False`` it re-runs on every
@@ -73,6 +78,7 @@ class BlockAdapter(nn.Module):
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, N, C) -> x + B(A(x)), same shape (the identity at initialisation)."""
         return x + self.up(self.down(x))
 
 
@@ -83,7 +89,9 @@ class AdaptedBlock(nn.Module):
         super().__init__()
         self.block, self.adapter = block, adapter
 
-    def forward(self, x, *args, **kwargs):
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The block's output on tokens ``x`` (B, N, C) (``args``/``kwargs`` go to the block, e.g. an
+        attention mask), then the adapter: (B, N, C)."""
         return self.adapter(self.block(x, *args, **kwargs))
 
 
@@ -99,7 +107,7 @@ def add_block_adapters(encoder: nn.Module, rank: int = 16) -> list[BlockAdapter]
     return adapters
 
 
-def add_lora(encoder: nn.Module, rank: int = 16, alpha: float | None = None):
+def add_lora(encoder: nn.Module, rank: int = 16, alpha: float | None = None) -> LoraModel:
     """Inject PEFT LoRA (rank ``rank``) into the attention and MLP linears of every block, in place.
 
     Returns the ``peft.LoraModel`` wrapper (needed by :func:`fold_lora`); ``encoder`` itself keeps its
@@ -111,14 +119,15 @@ def add_lora(encoder: nn.Module, rank: int = 16, alpha: float | None = None):
     return LoraModel(encoder, config, "default")
 
 
-def fold_lora(lora_model) -> nn.Module:
+def fold_lora(lora_model: LoraModel) -> nn.Module:
     """Merge trained LoRA updates into the base weights and return the plain encoder (W <- W + s B A)."""
     return lora_model.merge_and_unload()
 
 
-def representation_realign(model: SimoModel, val: dict, tasks=None, rank: int = 16, kind: str = "block",
-                           steps: int = 300, lr: float = 1e-3, batch_size: int = 32, seed: int = 0, device="cpu",
-                           progress: bool = False, cache_dir=None) -> tuple[SimoModel, RunRecord]:
+def representation_realign(model: SimoModel, val: dict, tasks: Tasks | None = None, rank: int = 16,
+                           kind: str = "block", steps: int = 300, lr: float = 1e-3, batch_size: int = 32,
+                           seed: int = 0, device: Device = "cpu", progress: bool = False,
+                           cache_dir: str | Path | None = None) -> tuple[SimoModel, RunRecord]:
     """Train low-rank adapters in the (frozen) merged encoder together with all heads on ``val``.
 
     ``kind``: "block" (adapter after every block, the paper's form) or "lora" (PEFT LoRA on the

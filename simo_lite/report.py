@@ -28,9 +28,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .paths import REPO
+
+if TYPE_CHECKING:                    # annotations only: importing this module does not import torch
+    from .experiment import Experiment
+    from .training import RunRecord
 
 __all__ = ["COST_FIELDS", "TableStyle", "RUN", "DOC", "cost_of", "row_record", "num", "pct", "markdown_table",
            "task_heading", "row_label", "results_markdown", "results_title", "training_markdown",
@@ -44,7 +48,7 @@ PAPER_TABLES = REPO / "benchmarks" / "paper_tables.json"     # the paper's numbe
 # ----------------------------------------------------------------------------------------------
 # row records
 # ----------------------------------------------------------------------------------------------
-def cost_of(record=None) -> dict:
+def cost_of(record: RunRecord | dict | None = None) -> dict:
     """``{steps, samples, trainable_params, wall_s}`` of a ``RunRecord`` (or a dict with those keys);
     all 0 for None (a row that trains nothing)."""
     if record is None:
@@ -54,7 +58,8 @@ def cost_of(record=None) -> dict:
     return {k: getattr(record, k) for k in COST_FIELDS}
 
 
-def row_record(scorer, name: str, metrics: dict, cost=None, *, tasks=None, **extra) -> dict:
+def row_record(scorer: Experiment, name: str, metrics: dict, cost: RunRecord | dict | None = None, *,
+               tasks: Sequence[str] | None = None, **extra: Any) -> dict:
     """One results-table row: ``{"row", ["tasks"], "metrics", "normalized", "delta_m_ratio",
     "delta_m_relative", "cost", **extra}``.
 
@@ -74,7 +79,7 @@ def row_record(scorer, name: str, metrics: dict, cost=None, *, tasks=None, **ext
 # ----------------------------------------------------------------------------------------------
 # cells
 # ----------------------------------------------------------------------------------------------
-def num(v) -> str:
+def num(v: float | None) -> str:
     """A number for a table cell: ints with thousands separators, floats to 4 significant digits;
     "–" for None."""
     if v is None:
@@ -84,7 +89,7 @@ def num(v) -> str:
     return f"{v:.4g}"
 
 
-def pct(v, digits: int = 1, sign: bool = True) -> str:
+def pct(v: float | None, digits: int = 1, sign: bool = True) -> str:
     """A fraction as a percentage string ("+12.3%", or "12.3%" with ``sign=False``); "–" for None."""
     if v is None:
         return "–"
@@ -145,12 +150,12 @@ RUN = TableStyle("Δm (ratio, paper tables)", lambda v: "–" if v is None else 
 DOC = TableStyle("Δm (ratio, paper's)", num, 0, True)                                             # docs
 
 
-def results_title(tasks, profile: str, seed: int) -> str:
+def results_title(tasks: Sequence[str], profile: str, seed: int) -> str:
     """The heading of a run's results table."""
     return f"## Results: {', '.join(tasks)} ({profile} profile, seed {seed}, test split)"
 
 
-def results_markdown(table: list[dict], tasks, *, style: TableStyle = RUN,
+def results_markdown(table: list[dict], tasks: Sequence[str], *, style: TableStyle = RUN,
                      label: Callable[[str], str] | None = None) -> str:
     """Row records as a Markdown table (no trailing newline): per task "metric (normalised %)", then
     Δm (ratio), Δm (Eq. 2), steps, samples, trainable params and wall-clock seconds.
@@ -227,7 +232,7 @@ def sweep_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_report(out) -> str:
+def run_report(out: str | Path) -> str:
     """The course run's ``report.md`` text: runtimes (``runtimes.json``), every ``results/*.md`` table,
     and links to the figures."""
     out = Path(out)
@@ -249,7 +254,7 @@ def run_report(out) -> str:
 # ----------------------------------------------------------------------------------------------
 # the paper's numbers
 # ----------------------------------------------------------------------------------------------
-def paper_tables(path=None) -> dict:
+def paper_tables(path: str | Path | None = None) -> dict:
     """The paper's quoted tables: the parsed ``benchmarks/paper_tables.json`` of the repository
     (``{"source", "delta_note", "tables": {key: table}}``)."""
     path = Path(path) if path is not None else PAPER_TABLES
@@ -260,7 +265,7 @@ def paper_tables(path=None) -> dict:
                                 f"benchmarks/paper_tables.json)") from None
 
 
-def paper_table(key: str, path=None) -> dict:
+def paper_table(key: str, path: str | Path | None = None) -> dict:
     """One of the paper's tables ("table1" ... "table4") from :func:`paper_tables`, e.g. Table 1:
     ``{"title", "dataset", "ours", "tasks": [{"key", "name", "lower_is_better"}], "rows": {row id:
     {"metrics", "normalized" (None for the experts), "delta" (None where the paper prints "–")}}}``."""

@@ -115,7 +115,7 @@ def _unknown(row, why: str = "") -> ValueError:
                       f"({', '.join(_single_encoder_methods())}) with a fix ({', '.join(fx.FIXES)}) or None")
 
 
-def row_spec(row) -> RowSpec:
+def row_spec(row: RowSpec | tuple[str, str | None] | str) -> RowSpec:
     """The :class:`RowSpec` of ``row``: a RowSpec, a ``(method, fix)`` pair or a row id ("ta+head").
 
     An id is looked up among the rows the registries define (never split on "+"); the rows of
@@ -150,7 +150,7 @@ def row_spec(row) -> RowSpec:
     return row
 
 
-def row_label(row) -> str:
+def row_label(row: RowSpec | tuple[str, str | None] | str) -> str:
     """How documents name a row: its own label, else the baseline's or the merge method's label,
     joined with the fix's ("half TA + BN re-estimation")."""
     spec = row_spec(row)

@@ -363,7 +363,7 @@ def _render_batch(index: torch.Tensor, size: int, seed: int, opt: dict) -> dict[
 
 
 def make_scenes(n: int, size: int = 64, seed: int = 0, first_index: int = 0, progress: bool = False,
-                **options) -> Split:
+                **options: float | bool) -> Split:
     """Render scenes ``first_index .. first_index + n - 1`` of the stream ``seed``.
 
     Args:
@@ -421,7 +421,7 @@ def _cache_dir() -> Path:
 
 
 def load_split(split: str, n: int, size: int = 64, seed: int = 0, cache: bool = True,
-               progress: bool = False, **options) -> Split:
+               progress: bool = False, **options: float | bool) -> Split:
     """Render (or load from ``data/cache``) ``n`` scenes of ``split`` in {'train', 'val', 'test'}.
 
     The cache file is a safetensors file named by a hash of every parameter that changes pixels.
@@ -466,7 +466,7 @@ class ScenesDataset(Dataset):
         return {k: v[i] for k, v in self.data.items()}
 
 
-def benchmark(size: int = 64, n: int = 2000, repeats: int = 3, **options) -> float:
+def benchmark(size: int = 64, n: int = 2000, repeats: int = 3, **options: float | bool) -> float:
     """Scenes rendered per second (best of ``repeats``) at ``size`` x ``size``."""
     make_scenes(min(n, 64), size=size, **options)  # warm-up
     best = 0.0
@@ -478,6 +478,8 @@ def benchmark(size: int = 64, n: int = 2000, repeats: int = 3, **options) -> flo
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m simo_lite.scenes --bench [--size 64 128] [-n 2000]``: print the rendering rate (scenes/s)
+    at each size; without ``--bench``, the help."""
     ap = argparse.ArgumentParser(description="SIMO-lite Scenes: render, or benchmark the renderer")
     ap.add_argument("--bench", action="store_true", help="print scenes/s")
     ap.add_argument("--size", type=int, nargs="+", default=[64])

@@ -19,7 +19,7 @@ Task sets: ``nyu3 = (seg, depth, normals)`` (the paper's NYUv2 triple) and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from . import metrics as M
 from .registry import Registry
 from .scenes import NUM_CLASSES
+from .types import Tasks
 
 __all__ = ["Task", "TASKS", "TASK_SETS", "get_task", "get_tasks", "lower_is_better", "register_task",
            "register_task_set"]
@@ -66,7 +67,7 @@ class Task:
         """Raw head output -> prediction in the label's space and shape."""
         return self.predict_fn(out)
 
-    def new_metric(self):
+    def new_metric(self) -> Any:
         """A fresh metric accumulator (``update(pred, target)``, ``compute() -> float``)."""
         return self.metric_factory()
 
@@ -76,6 +77,7 @@ class Task:
 
     @property
     def lower_is_better(self) -> bool:
+        """True when a smaller metric is better (depth, normals, albedo errors)."""
         return not self.higher_is_better
 
 
@@ -84,7 +86,7 @@ def register_task(task: Task, *, replace: bool = False) -> Task:
     return TASKS.register(task.name, task, replace=replace)
 
 
-def register_task_set(name: str, tasks, *, replace: bool = False) -> tuple[str, ...]:
+def register_task_set(name: str, tasks: Sequence[str], *, replace: bool = False) -> tuple[str, ...]:
     """Add a named task set to :data:`TASK_SETS` (its tasks must be registered)."""
     names = get_tasks(tuple(tasks))
     if name in TASKS:
@@ -95,7 +97,7 @@ def register_task_set(name: str, tasks, *, replace: bool = False) -> tuple[str, 
 def _normals_loss(out, target):
     """1 - cos on pixels with a defined normal (real datasets mark missing normals with zeros)."""
     cos = (M.unit_channels(out) * target).sum(1)               # (B, H, W)
-    valid = target.abs().sum(1) > 0                            # (B, H, W); all True on Scenes
+    valid = M.valid_normals(target)                            # (B, H, W); all True on Scenes
     return (1 - cos)[valid].mean() if valid.any() else out.sum() * 0
 
 
@@ -159,12 +161,13 @@ TASK_SETS.register("diverse5", ("seg", "depth", "normals", "edges", "albedo"))
 
 
 def get_task(name: str) -> Task:
+    """The registered :class:`Task` called ``name``; an unknown name raises ``ValueError`` listing the valid ones."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
     return TASKS[name]
 
 
-def get_tasks(tasks) -> tuple[str, ...]:
+def get_tasks(tasks: Tasks) -> tuple[str, ...]:
     """Resolve a task-set name ('nyu3', 'diverse5'), a comma-separated string or a list to task names."""
     if isinstance(tasks, str):
         names = TASK_SETS[tasks] if tasks in TASK_SETS else tuple(t.strip() for t in tasks.split(",") if t.strip())
@@ -181,5 +184,6 @@ def get_tasks(tasks) -> tuple[str, ...]:
     return names
 
 
-def lower_is_better(tasks) -> dict[str, bool]:
+def lower_is_better(tasks: Tasks) -> dict[str, bool]:
+    """``{task: True when a smaller metric is better}`` for ``tasks`` (a task-set name or task names)."""
     return {t: get_task(t).lower_is_better for t in get_tasks(tasks)}

@@ -64,6 +64,8 @@ class RunRecord:
     metrics: dict = field(default_factory=dict)
 
     def add(self, other: "RunRecord") -> None:
+        """Add the cost of a stage ``other``: steps, samples and seconds summed, the largest trainable set
+        kept, ``other`` (without its own stages) appended to :attr:`stages`."""
         self.steps += other.steps
         self.samples += other.samples
         self.trainable_params = max(self.trainable_params, other.trainable_params)
@@ -71,6 +73,7 @@ class RunRecord:
         self.stages.append({k: v for k, v in asdict(other).items() if k != "stages"})
 
     def to_dict(self) -> dict:
+        """Every field as ``{name: value}`` (``dataclasses.asdict``), as stored in a record's JSON."""
         return asdict(self)
 
 
@@ -346,6 +349,8 @@ class Stage:
 
     @staticmethod
     def set(model: SimoModel, trainable: str) -> None:
+        """Make ``model`` train only its heads (``trainable="heads"``: encoder frozen) or everything
+        (``"all"``); another value raises ``ValueError``."""
         if trainable not in ("heads", "all"):
             raise ValueError(f"unknown stage {trainable!r}; valid: 'heads', 'all'")
         set_trainable(model.encoder, trainable == "all")
