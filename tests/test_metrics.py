@@ -227,3 +227,47 @@ def test_delta_m_relative_checks_tasks_and_a_zero_baseline_like_ratio():
         delta_m({"seg": 0.5}, {}, {"seg": False}, kind="relative")
     assert math.isnan(delta_m({"seg": 0.5}, {"seg": 0.0}, {"seg": False}, kind="relative"))
     assert math.isnan(delta_m({"seg": 0.5}, {"seg": 0.0}, {"seg": False}, kind="ratio"))
+
+
+@pytest.mark.parametrize("make, pred, target", [
+    (lambda: MeanAbsError(mask_zero=True), torch.rand(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)),   # no valid depth
+    (MeanAngleError, torch.randn(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)),                       # no defined normal
+    (MeanAbsError, torch.rand(0, 1, 4, 4), torch.rand(0, 1, 4, 4)),                           # an empty split
+])
+def test_all_invalid_split_is_nan_not_a_perfect_score(make, pred, target):
+    m = make()
+    m.update(pred, target)
+    assert math.isnan(m.compute())
+    assert math.isnan(make().compute())                  # nothing seen at all
+
+
+def test_binary_f1_matches_torchmetrics_and_documents_the_empty_case():
+    from torchmetrics.classification import BinaryF1Score
+    g = torch.Generator().manual_seed(0)
+    for density in (0.02, 0.3, 0.9):
+        pred = (torch.rand(3, 1, 16, 16, generator=g) < density).long()
+        target = (torch.rand(3, 1, 16, 16, generator=g) < density).long()
+        m = BinaryF1()
+        m.update(pred, target)
+        assert m.compute() == pytest.approx(float(BinaryF1Score()(pred.flatten(), target.flatten())), abs=1e-6)
+    empty = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    m = BinaryF1()
+    m.update(empty, empty)
+    assert math.isnan(m.compute())                                         # 0/0: NaN, as documented
+    assert float(BinaryF1Score(zero_division=0)(empty.flatten(), empty.flatten())) == 0.0   # torchmetrics' choice
+
+
+def test_normals_loss_and_metric_share_one_validity_mask():
+    from simo_lite.tasks import get_task
+    target = torch.zeros(1, 3, 2, 2)
+    target[0, 2, 0, 0] = 1.0                             # one defined normal (0, 0, 1); three missing (zeros)
+    target[0, 0, 0, 1] = 0.3                             # a small non-zero vector: not a unit normal, undefined
+    pred = torch.zeros(1, 3, 2, 2)
+    pred[0, 0] = 1.0                                     # (1, 0, 0) everywhere: 90 degrees from the defined one
+    valid = M.valid_normals(target)
+    assert valid.tolist() == [[[True, False], [False, False]]]
+    m = MeanAngleError()
+    m.update(pred, target)
+    assert m.compute() == pytest.approx(90.0)
+    loss = get_task("normals").loss_fn(pred, target)
+    assert float(loss) == pytest.approx(1.0)             # 1 - cos over the same single pixel
