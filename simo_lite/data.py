@@ -158,7 +158,8 @@ def register_dataset(spec: DatasetSpec, *, replace: bool = False) -> DatasetSpec
 
 
 register_dataset(DatasetSpec(
-    name="scenes", title="Scenes", tasks=("seg", "depth", "normals", "edges", "albedo"),
+    name="scenes", title="Scenes",
+    tasks=("seg", "depth", "normals", "edges", "albedo", "shading", "texture_edges", "keypoints", "autoencoder"),
     seg_classes=(6,),           # len(simo_lite.scenes.CLASSES), checked by tests/test_datasets.py
     from_files=False, load=_load_rendered, split_sizes=_profile_sizes))
 register_dataset(DatasetSpec(

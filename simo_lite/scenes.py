@@ -19,7 +19,20 @@ edges      (N,1,H,W) f32    1 on both sides of a boundary between 4-neighbours t
                             surfaces (occlusion) or whose normals differ by more than ``crease_deg``
                             (crease), so edges are 2 px wide; else 0
 albedo     (N,3,H,W) f32    unlit surface colour (reflectance) in [0, 1]
+shading    (N,1,H,W) f32    the light a pixel receives, ambient + (1 - ambient) * Lambert * shadow,
+                            in [ambient, 1]: image = albedo * shading exactly
+texture_   (N,1,H,W) f32    1 on both pixels of a 4-neighbour pair whose albedo steps by more than
+edges                       ``texture_edge_threshold``: texture-pattern and colour edges, lighting-free
+keypoints  (N,1,H,W) f32    3x3 blobs at the Harris corners of the albedo (box corners, checker
+                            cells, colour junctions)
+autoenc-   (N,3,H,W) f32    the image itself (the target of the autoencoder task; the same tensor as
+oder                        ``image``, not stored twice)
 =========  ===============  ======================================================================
+
+The first six are the scene's geometry and reflectance; ``shading``, ``texture_edges``,
+``keypoints`` and ``autoencoder`` are the low-level, appearance-level targets of the Taskonomy-like
+task set. ``appearance`` (a view id) re-renders the *same* geometry and camera with new colours,
+textures and light (:func:`appearance_index`): what the foundation's invariance pretraining pairs.
 
 Scene ``i`` depends only on ``(seed, i)`` (a counter-based hash, not a stateful generator), so the
 first scenes of a split stay the same when the split grows, and splits drawn from disjoint index
@@ -44,14 +57,16 @@ from .types import Split
 
 __all__ = [
     "CLASSES", "NUM_CLASSES", "SPLIT_OFFSETS", "DEFAULT_OPTIONS", "make_scenes", "load_split",
-    "ScenesDataset", "camera_rays", "normals_from_depth", "benchmark",
+    "ScenesDataset", "camera_rays", "normals_from_depth", "benchmark", "render", "appearance_index",
+    "APPEARANCE_STREAMS", "KEYPOINT_THRESHOLD",
 ]
 
 CLASSES = ("floor", "wall", "ceiling", "sphere", "box", "cylinder")
 NUM_CLASSES = len(CLASSES)
 SPHERE, BOX, CYLINDER = 0, 1, 2  # primitive kinds; class id = 3 + kind
 SPLIT_OFFSETS = {"train": 0, "val": 10_000_000, "test": 20_000_000}
-VERSION = 4  # bump when rendering or labels change: invalidates cached splits and trained models
+VERSION = 5  # bump when rendering or labels change: invalidates cached splits and trained models
+KEYPOINT_THRESHOLD = 1e-4   # about 2 % of pixels are keypoint blobs at 64 px
 
 DEFAULT_OPTIONS = dict(
     max_objects=4,       # 1..max_objects primitives per scene
@@ -59,6 +74,9 @@ DEFAULT_OPTIONS = dict(
     shadows=True,        # cast shadows from the directional light onto every surface
     crease_deg=30.0,     # normal change that counts as a crease edge
     ambient=0.35,        # ambient light fraction
+    appearance=0,        # appearance view: 0 the split's own look; v >= 1 new colours, textures and light
+    texture_edge_threshold=0.25,  # albedo step (any channel) that counts as a texture edge (~30 % of pixels at 64 px)
+    keypoint_threshold=KEYPOINT_THRESHOLD,   # Harris response of a keypoint (albedo luminance)
     batch_size=64,       # scenes rendered per vectorised batch (memory ~ batch * H * W * max_objects)
 )
 
@@ -92,10 +110,30 @@ def _uniform(seed: int, index: torch.Tensor, stream: int, shape: tuple[int, ...]
 # ----------------------------------------------------------------------------------------------
 # Scene parameters
 # ----------------------------------------------------------------------------------------------
-def _sample_params(seed: int, index: torch.Tensor, max_objects: int) -> dict[str, torch.Tensor]:
-    """Room, camera, light and primitive parameters for scenes ``index`` (B,). World frame: y up."""
+def appearance_index(index: torch.Tensor, view: torch.Tensor | int) -> torch.Tensor:
+    """The index that draws the *appearance* of scenes ``index`` (B,) in appearance view ``view``.
+
+    View 0 is the scene as the splits hold it (the index itself). A view v >= 1 hashes (index, v) to
+    an index in [2**30, 2**31), beyond every split's range, so its colours, textures and light are
+    new random draws while the geometry and camera (drawn from ``index``) stay the same."""
+    view = torch.as_tensor(view, dtype=torch.int64).expand_as(index)
+    mixed = _hash32(index ^ _hash32(view * 0x632BE5AB + 0x2545F491)) & 0x3FFFFFFF | 0x40000000
+    return torch.where(view == 0, index, mixed)
+
+
+# streams drawn per appearance (colours, textures, light); all others are geometry and camera
+APPEARANCE_STREAMS = (7, 8, 9, 10, 11, 20, 21, 22, 23)
+
+
+def _sample_params(seed: int, index: torch.Tensor, max_objects: int,
+                   view: torch.Tensor | int = 0) -> dict[str, torch.Tensor]:
+    """Room, camera, light and primitive parameters for scenes ``index`` (B,). World frame: y up.
+
+    ``view`` (an int or (B,) ints, 0 = the split's own look) re-draws only the appearance streams
+    (:data:`APPEARANCE_STREAMS`: light direction, room and object colours and textures)."""
     B, K = len(index), max_objects
-    u = lambda stream, *shape: _uniform(seed, index, stream, shape)  # noqa: E731
+    look = appearance_index(index, view)
+    u = lambda stream, *shape: _uniform(seed, look if stream in APPEARANCE_STREAMS else index, stream, shape)  # noqa: E731
     p = {}
     p["room_half_width"] = 2.6 + 1.2 * u(1)                     # side walls at x = +-w   (m)
     p["room_depth"] = 6.5 + 2.5 * u(2)                          # back wall at z = d      (m)
@@ -276,9 +314,61 @@ def _texture(pos, kind, scale, phase):
     return 0.45 + 0.55 * pattern
 
 
-def _render_batch(index: torch.Tensor, size: int, seed: int, opt: dict) -> dict[str, torch.Tensor]:
+def _shift_sum(x: torch.Tensor, weights: dict[tuple[int, int], float]) -> torch.Tensor:
+    """sum_{(dy, dx)} w * x[..., y + dy, x + dx] over (B, C, H, W) with replicated borders.
+
+    Elementwise slices, not conv2d: a scene's labels must not depend on the batch it was rendered in
+    (bitwise), and conv2d's algorithm can depend on the batch shape."""
+    H, W = x.shape[-2:]
+    xp = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    out = torch.zeros_like(x)
+    for (dy, dx), w in weights.items():
+        out = out + w * xp[..., 1 + dy:1 + dy + H, 1 + dx:1 + dx + W]
+    return out
+
+
+_SOBEL_X = {(-1, -1): -1, (0, -1): -2, (1, -1): -1, (-1, 1): 1, (0, 1): 2, (1, 1): 1}
+_SOBEL_Y = {(-1, -1): -1, (-1, 0): -2, (-1, 1): -1, (1, -1): 1, (1, 0): 2, (1, 1): 1}
+_BOX3 = {(dy, dx): 1 / 9 for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+
+
+def _texture_edges(albedo: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, 1, H, W) {0, 1}: both pixels of every 4-neighbour pair whose albedo (B, 3, H, W) differs by
+    more than ``threshold`` in some channel (reflectance discontinuities: texture-pattern cells and
+    colour boundaries, independent of lighting; the Canny-edge analogue)."""
+    across_x = (albedo[..., :, 1:] - albedo[..., :, :-1]).abs().amax(1) > threshold   # (B, H, W-1)
+    across_y = (albedo[..., 1:, :] - albedo[..., :-1, :]).abs().amax(1) > threshold   # (B, H-1, W)
+    e = torch.zeros(albedo.shape[0], *albedo.shape[2:], dtype=torch.bool)
+    e[:, :, :-1] |= across_x
+    e[:, :, 1:] |= across_x
+    e[:, :-1, :] |= across_y
+    e[:, 1:, :] |= across_y
+    return e[:, None].float()
+
+
+def _keypoints(albedo: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, 1, H, W) {0, 1}: 2D keypoints of the albedo, the Harris-corner analogue of Taskonomy's
+    SURF keypoints: local maxima (3x3) of the Harris response R = det(M) - 0.05 tr(M)^2 of the
+    albedo luminance above ``threshold``, M the 3x3-box structure tensor of Sobel gradients (/8),
+    each keypoint drawn as a 3x3 blob (corners of boxes, checker cells and colour junctions)."""
+    lum = (albedo * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True)  # (B, 1, H, W)
+    ix, iy = _shift_sum(lum, _SOBEL_X) / 8, _shift_sum(lum, _SOBEL_Y) / 8
+    sxx, syy, sxy = _shift_sum(ix * ix, _BOX3), _shift_sum(iy * iy, _BOX3), _shift_sum(ix * iy, _BOX3)
+    r = sxx * syy - sxy * sxy - 0.05 * (sxx + syy) ** 2
+    H, W = r.shape[-2:]
+    rp = torch.nn.functional.pad(r, (1, 1, 1, 1), value=-float("inf"))
+    local_max = torch.stack([rp[..., 1 + dy:1 + dy + H, 1 + dx:1 + dx + W]
+                             for dy in (-1, 0, 1) for dx in (-1, 0, 1)]).amax(0)
+    peaks = ((r >= local_max) & (r > threshold)).float()
+    pp = torch.nn.functional.pad(peaks, (1, 1, 1, 1))
+    return torch.stack([pp[..., 1 + dy:1 + dy + H, 1 + dx:1 + dx + W]
+                        for dy in (-1, 0, 1) for dx in (-1, 0, 1)]).amax(0)
+
+
+def _render_batch(index: torch.Tensor, size: int, seed: int, opt: dict,
+                  view: torch.Tensor | int | None = None) -> dict[str, torch.Tensor]:
     B, K, P = len(index), opt["max_objects"], size * size
-    p = _sample_params(seed, index, K)
+    p = _sample_params(seed, index, K, opt["appearance"] if view is None else view)
     rot = _camera_to_world(p["cam_pitch"], p["cam_yaw"])                   # (B, 3, 3)
     d_cam = camera_rays(size, opt["fov_deg"])                               # (P, 3), z = 1
     # explicit sums, not einsum/bmm: their reduction order depends on the batch shape, and a scene
@@ -335,7 +425,8 @@ def _render_batch(index: torch.Tensor, size: int, seed: int, opt: dict) -> dict[
         t_shadow = _hit_objects(origin, light, p).amin(1)
         lambert = lambert * (t_shadow >= _FAR / 2).float()
     amb = opt["ambient"]
-    image = (albedo * (amb + (1 - amb) * lambert[..., None])).clamp(0, 1)
+    shading = amb + (1 - amb) * lambert                        # (B, P) in [amb, 1]
+    image = (albedo * shading[..., None]).clamp(0, 1)
 
     # --- camera-frame normals, edges ---------------------------------------------------------------
     normals = (rot.transpose(1, 2)[:, None] * n_world[:, :, None, :]).sum(-1)  # R^T n: world -> camera
@@ -352,13 +443,17 @@ def _render_batch(index: torch.Tensor, size: int, seed: int, opt: dict) -> dict[
     edges[:, :, 1:] |= across_x
     edges[:, :-1, :] |= across_y
     edges[:, 1:, :] |= across_y
+    albedo_img = to_img(albedo)
     return {
         "image": to_img(image),
         "seg": seg.reshape(B, H, W).long(),
         "depth": t.reshape(B, 1, H, W),
         "normals": n_img,
         "edges": edges[:, None].float(),
-        "albedo": to_img(albedo),
+        "albedo": albedo_img,
+        "shading": to_img(shading[..., None]),
+        "texture_edges": _texture_edges(albedo_img, opt["texture_edge_threshold"]),
+        "keypoints": _keypoints(albedo_img, opt["keypoint_threshold"]),
     }
 
 
@@ -387,12 +482,41 @@ def make_scenes(n: int, size: int = 64, seed: int = 0, first_index: int = 0, pro
     if opt["max_objects"] < 1 or opt["max_objects"] > 9:
         raise ValueError(f"max_objects must be in 1..9, got {opt['max_objects']}")
     index = torch.arange(first_index, first_index + n, dtype=torch.int64)
-    starts = pg.progress(range(0, n, opt["batch_size"]), f"rendering {n} scenes", show=progress, unit="batch")
+    return render(index, size, seed, progress=progress, **opt)
+
+
+def render(index: torch.Tensor, size: int = 64, seed: int = 0, view: torch.Tensor | int | None = None,
+           progress: bool = False, **options: float | bool) -> Split:
+    """Render the scenes ``index`` (N,) int64 of the stream ``seed``, in any order, each in its own
+    appearance ``view`` ((N,) ints or one int; None: the ``appearance`` option, 0 by default).
+
+    The keys and shapes of :func:`make_scenes`; scene ``index[i]`` in view ``view[i]`` is the same
+    tensor whatever else is rendered with it. Two views of one index share geometry, camera and
+    every geometric label (seg, depth, normals, edges) and differ in image, albedo, shading,
+    texture edges and keypoints: the positive pairs of :mod:`simo_lite.foundation`'s pretraining."""
+    unknown = set(options) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown scene options {sorted(unknown)}; valid: {sorted(DEFAULT_OPTIONS)}")
+    opt = {**DEFAULT_OPTIONS, **options}
+    app = opt["appearance"] if view is None else view
+    if isinstance(app, torch.Tensor):
+        if app.shape != index.shape or app.dtype != torch.int64 or bool((app < 0).any()):
+            raise ValueError(f"view must be one int >= 0 or int64 of the shape of index {tuple(index.shape)}, got "
+                             f"{app.dtype} {tuple(app.shape)}")
+        views = app
+    else:
+        if not isinstance(app, int) or isinstance(app, bool) or app < 0:
+            raise ValueError(f"appearance / view must be an int >= 0 (0: the split's own look), got {app!r}")
+        views = torch.full_like(index, app)
+    n, bs = len(index), opt["batch_size"]
+    starts = pg.progress(range(0, n, bs), f"rendering {n} scenes", show=progress, unit="batch")
     with torch.no_grad():
-        parts = [_render_batch(index[s:s + opt["batch_size"]], size, seed, opt) for s in starts]
+        parts = [_render_batch(index[s:s + bs], size, seed, opt, views[s:s + bs]) for s in starts]
     if not parts:
-        return _render_batch(index[:0], size, seed, opt)
-    return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+        parts = [_render_batch(index[:0], size, seed, opt, views[:0])]
+    out = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+    out["autoencoder"] = out["image"]                  # the autoencoder's target: the image, one tensor
+    return out
 
 
 def normals_from_depth(depth: torch.Tensor, fov_deg: float = 60.0) -> torch.Tensor:
@@ -436,13 +560,16 @@ def load_split(split: str, n: int, size: int = 64, seed: int = 0, cache: bool = 
     if cache and path.exists():
         from safetensors.torch import load_file
         try:
-            return load_file(path)
+            data = load_file(path)
+            data["autoencoder"] = data["image"]
+            return data
         except Exception:  # corrupt cache: render again
             path.unlink(missing_ok=True)
     data = make_scenes(n, size=size, seed=seed, first_index=SPLIT_OFFSETS[split], progress=progress, **options)
     if cache:
         from .checkpoints import save_tensors
-        save_tensors(data, path, metadata={"config": json.dumps(key, sort_keys=True)})
+        save_tensors({k: v for k, v in data.items() if k != "autoencoder"}, path,
+                     metadata={"config": json.dumps(key, sort_keys=True)})
     return data
 
 

@@ -141,11 +141,24 @@ def data_key(data: dict, splits: Sequence[str] = ("train", "val", "test")) -> st
     if data and all(torch.is_tensor(v) for v in data.values()):
         data = {"split": data}
         splits = ("split",)
-    fps = {s: config_hash({k: _tensor_fingerprint(k, v) for k, v in sorted(data[s].items())})
-           for s in splits if s in data}
+    fps = {s: config_hash(_split_fingerprints(data[s])) for s in splits if s in data}
     if not fps:
         raise ValueError(f"data_key: none of the splits {splits} in the data (found {sorted(data)})")
     return artifact_key("data", {"splits": sorted(fps)}, fps)
+
+
+def _split_fingerprints(split: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """``{name: fingerprint}`` of one split; a name bound to a tensor already fingerprinted (Scenes'
+    ``autoencoder`` target is the ``image`` tensor itself) is recorded as an alias, not hashed twice."""
+    out: dict[str, Any] = {}
+    seen: dict[int, str] = {}
+    for k, v in sorted(split.items()):
+        if id(v) in seen:
+            out[k] = {"alias_of": seen[id(v)]}
+        else:
+            seen[id(v)] = k
+            out[k] = _tensor_fingerprint(k, v)
+    return out
 
 
 def foundation_key(config_hash_: str, state: dict[str, torch.Tensor]) -> str:

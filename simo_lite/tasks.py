@@ -8,14 +8,22 @@ depth      1         L1 (metres)                            mean absolute error 
 normals    3         1 - cos(normalised pred, target)       mean angular error (deg)   lower
 edges      1         BCE on logits, positive weight 4       F1 of edge pixels at 0.5   higher
 albedo     3         L1 (reflectance)                       mean absolute error        lower
+shading    1         L1 (received light)                    mean absolute error        lower
+texture_   1         BCE on logits, positive weight 2       F1 of texture-edge pixels  higher
+edges
+keypoints  1         BCE on logits, positive weight 10      F1 of keypoint pixels      higher
+autoenc-   3         L1 (the image)                         mean absolute error        lower
+oder
 =========  ========  =====================================  =========================  =========
 
 (*) Scenes; NYUv2 13, Cityscapes 7 or 19 (``Profile.seg_classes``). On real datasets, seg pixels
 labelled -1, depth 0 and all-zero normals are ignored by losses and metrics.
 
-Task sets: ``nyu3 = (seg, depth, normals)`` (the paper's NYUv2 triple) and
-``diverse5 = (seg, depth, normals, edges, albedo)`` (heterogeneous, like the paper's Taskonomy set).
-"""
+Task sets: ``nyu3 = (seg, depth, normals)`` (the paper's NYUv2 triple),
+``diverse5 = (seg, depth, normals, edges, albedo)`` (geometry-derived edges and reflectance) and
+``taskonomy5 = (autoencoder, depth, normals, keypoints, texture_edges)``, the paper's Taskonomy mix
+(Section 5): two geometric tasks beside three appearance-level ones that an appearance-invariant
+foundation does not encode (shading, too, is registered, outside the sets)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -134,6 +142,25 @@ def _bce_edges(o, t):
     return F.binary_cross_entropy_with_logits(o, t, pos_weight=torch.tensor(4.0, device=o.device))
 
 
+def _bce(pos_weight: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Binary cross-entropy on logits (B, 1, H, W) with positives weighted by ``pos_weight`` (rare labels)."""
+    def loss(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(o, t, pos_weight=torch.tensor(pos_weight, device=o.device))
+    return loss
+
+
+def _show_binary(e):
+    return e.reshape(e.shape[-2:]).float()[..., None].expand(-1, -1, 3).numpy()
+
+
+def _show_gray(x):
+    return x.reshape(x.shape[-2:]).float().clamp(0, 1)[..., None].expand(-1, -1, 3).numpy()
+
+
+def _show_rgb(a):
+    return a.permute(1, 2, 0).clamp(0, 1).numpy()
+
+
 TASKS: Registry[Task] = Registry("task")
 TASK_SETS: Registry[tuple[str, ...]] = Registry("task set")
 
@@ -153,11 +180,24 @@ for _task in (
     Task(name="albedo", channels=3, higher_is_better=False, metric_name="MAE",
          loss_fn=lambda o, t: F.l1_loss(o, t), predict_fn=lambda o: o.clamp(0, 1),
          metric_factory=M.MeanAbsError, show_fn=lambda a: a.permute(1, 2, 0).clamp(0, 1).numpy()),
+    # the appearance-level targets (Scenes version 5), the Taskonomy-like low-level tasks
+    Task(name="shading", channels=1, higher_is_better=False, metric_name="MAE",
+         loss_fn=lambda o, t: F.l1_loss(o, t), predict_fn=lambda o: o.clamp(0, 1),
+         metric_factory=M.MeanAbsError, show_fn=_show_gray, output_bias=0.6),
+    Task(name="texture_edges", channels=1, higher_is_better=True, metric_name="F1",
+         loss_fn=_bce(2.0), predict_fn=lambda o: (o > 0).float(), metric_factory=M.BinaryF1, show_fn=_show_binary),
+    Task(name="keypoints", channels=1, higher_is_better=True, metric_name="F1",
+         loss_fn=_bce(10.0), predict_fn=lambda o: (o > 0).float(), metric_factory=M.BinaryF1, show_fn=_show_binary),
+    Task(name="autoencoder", channels=3, higher_is_better=False, metric_name="MAE",
+         loss_fn=lambda o, t: F.l1_loss(o, t), predict_fn=lambda o: o.clamp(0, 1),
+         metric_factory=M.MeanAbsError, show_fn=_show_rgb, output_bias=0.4),
 ):
     TASKS.register(_task.name, _task)
 
 TASK_SETS.register("nyu3", ("seg", "depth", "normals"))
 TASK_SETS.register("diverse5", ("seg", "depth", "normals", "edges", "albedo"))
+# the paper's Taskonomy set (Section 5: autoencoder, depth, normals, 2D keypoints, Canny edges), rendered
+TASK_SETS.register("taskonomy5", ("autoencoder", "depth", "normals", "keypoints", "texture_edges"))
 
 
 def get_task(name: str) -> Task:

@@ -262,7 +262,8 @@ def test_registry_holds_the_three_datasets_and_its_views_follow_it():
     from simo_lite import data, profiles, scenes
     assert list(data.DATASETS) == ["scenes", "nyuv2", "cityscapes"]
     assert profiles.DATASETS is data.DATASETS and ", ".join(profiles.DATASETS) == "scenes, nyuv2, cityscapes"
-    assert dict(ds.DATASET_TASKS) == {"scenes": ("seg", "depth", "normals", "edges", "albedo"),
+    assert dict(ds.DATASET_TASKS) == {"scenes": ("seg", "depth", "normals", "edges", "albedo", "shading",
+                                                 "texture_edges", "keypoints", "autoencoder"),
                                       "nyuv2": ("seg", "depth", "normals"), "cityscapes": ("seg", "depth")}
     assert dict(ds.NATIVE_HW) == dict(profiles.NATIVE_HW) == {"nyuv2": (288, 384), "cityscapes": (128, 256)}
     assert "scenes" not in ds.NATIVE_HW and ds.CITYSCAPES_CLASSES == (7, 19)

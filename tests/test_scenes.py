@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from simo_lite import profiles, scenes
 from simo_lite.scenes import CLASSES, NUM_CLASSES, SPLIT_OFFSETS, ScenesDataset, load_split, make_scenes
 
-KEYS = {"image", "seg", "depth", "normals", "edges", "albedo"}
+KEYS = {"image", "seg", "depth", "normals", "edges", "albedo", "shading", "texture_edges", "keypoints", "autoencoder"}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,10 @@ def _check_labels(d: dict, n: int, size: int) -> None:
     assert d["normals"].shape == (n, 3, H, W) and d["normals"].dtype == torch.float32
     assert d["edges"].shape == (n, 1, H, W) and d["edges"].dtype == torch.float32
     assert d["albedo"].shape == (n, 3, H, W) and d["albedo"].dtype == torch.float32
+    assert d["shading"].shape == (n, 1, H, W) and d["shading"].dtype == torch.float32
+    for k in ("texture_edges", "keypoints"):
+        assert d[k].shape == (n, 1, H, W) and d[k].dtype == torch.float32 and set(d[k].unique().tolist()) <= {0.0, 1.0}
+    assert d["autoencoder"] is d["image"]                     # the autoencoder's target: the image itself
 
     assert d["image"].min() >= 0 and d["image"].max() <= 1
     assert d["albedo"].min() >= 0 and d["albedo"].max() <= 1
@@ -173,8 +177,10 @@ def test_different_seed_differs():
 
 def _assert_same_scenes(a: dict, b: dict, exact: bool) -> None:
     for k in KEYS:
-        if exact or k in ("seg", "edges", "albedo"):
+        if exact or k in ("seg", "edges", "albedo", "texture_edges"):
             assert torch.equal(a[k], b[k]), k
+        elif k == "keypoints":                    # thresholded float responses: a rare pixel may flip
+            assert (a[k] != b[k]).float().mean() < 1e-3, k
         else:
             assert torch.allclose(a[k], b[k], rtol=0, atol=1e-5), k
 
@@ -330,3 +336,56 @@ def test_the_cache_folder_is_the_one_of_simo_lite_paths(monkeypatch, tmp_path):
     assert scenes._cache_dir() == paths.cache_dir() == tmp_path / "c"
     monkeypatch.delenv("SIMO_LITE_CACHE")
     assert scenes._cache_dir() == paths.REPO / "data" / "cache"
+
+
+# ------------------------------------------------------------------------------------------------
+# appearance views and the appearance-level labels (version 5)
+# ------------------------------------------------------------------------------------------------
+def test_image_is_albedo_times_shading_exactly():
+    d = make_scenes(8, size=32, seed=4)
+    assert torch.equal(d["image"], (d["albedo"] * d["shading"]).clamp(0, 1))
+    assert d["shading"].min() >= scenes.DEFAULT_OPTIONS["ambient"] - 1e-6 and d["shading"].max() <= 1
+
+
+def test_appearance_views_share_geometry_and_change_appearance():
+    from simo_lite.scenes import render
+    index = torch.arange(20, 28)
+    own, other = render(index, 32, seed=1), render(index, 32, seed=1, view=5)
+    assert torch.equal(own["image"], make_scenes(8, size=32, seed=1, first_index=20)["image"])   # view 0: the split
+    for k in ("seg", "depth", "normals", "edges"):
+        assert torch.equal(own[k], other[k]), k
+    for k in ("image", "albedo", "shading", "texture_edges"):
+        for i in range(8):                                # every scene changes its look, not only one
+            assert not torch.equal(own[k][i], other[k][i]), (k, i)
+    assert torch.equal(make_scenes(8, size=32, seed=1, first_index=20, appearance=5)["image"], other["image"])
+
+
+def test_views_are_independent_of_order_and_batch():
+    from simo_lite.scenes import render
+    index, views = torch.tensor([9, 3, 3, 0, 7]), torch.tensor([2, 0, 4, 1, 2])
+    together = render(index, 16, seed=0, view=views, batch_size=2)
+    for i in range(5):
+        alone = render(index[i:i + 1], 16, seed=0, view=int(views[i]))
+        for k in KEYS:
+            assert torch.equal(together[k][i], alone[k][0]), (k, i)
+    with pytest.raises(ValueError, match="view must be one int >= 0"):
+        render(index, 16, view=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="appearance / view must be an int >= 0"):
+        make_scenes(2, size=16, appearance=-1)
+
+
+def test_texture_edges_and_keypoints_by_hand():
+    from simo_lite.scenes import _keypoints, _texture_edges
+    albedo = torch.zeros(1, 3, 8, 8)
+    albedo[:, :, 2:6, 2:6] = 0.8                            # one bright square on black
+    e = _texture_edges(albedo, 0.25)[0, 0]
+    ring = torch.zeros(8, 8, dtype=torch.bool)
+    ring[1:7, 1:7] = True
+    ring[3:5, 3:5] = False                                  # both pixels of each step: a 2-px ring
+    ring[1, 1] = ring[1, 6] = ring[6, 1] = ring[6, 6] = False     # 4-neighbours only: no diagonal corners
+    assert torch.equal(e.bool(), ring)
+    assert _texture_edges(albedo, 0.9).sum() == 0            # a step of 0.8 is below 0.9
+    k = _keypoints(albedo, 1e-4)[0, 0]
+    assert k.sum() > 0 and k[2:6, 2:6].sum() > 0             # blobs at the square's corners
+    assert k[0, :].sum() == 0 and _keypoints(torch.full((1, 3, 8, 8), 0.5), 1e-4).sum() == 0   # none on flat albedo
+    assert _keypoints(torch.zeros(1, 3, 8, 8).index_fill_(3, torch.arange(4, 8), 0.8), 1e-4).sum() == 0  # none on a straight edge

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from simo_lite import tasks as T
 from simo_lite.scenes import NUM_CLASSES
 
-ALL = ("seg", "depth", "normals", "edges", "albedo")
+ALL = ("seg", "depth", "normals", "edges", "albedo", "shading", "texture_edges", "keypoints", "autoencoder")
 H = W = 16
 
 
@@ -21,10 +21,12 @@ def _target(task: str, g: torch.Generator, b: int = 2) -> torch.Tensor:
         return 1 + 8 * torch.rand(b, 1, H, W, generator=g)
     if task == "normals":
         return F.normalize(torch.randn(b, 3, H, W, generator=g), dim=1)
-    if task == "edges":
+    if task in ("edges", "texture_edges", "keypoints"):
         return (torch.rand(b, 1, H, W, generator=g) < 0.2).float()
-    if task == "albedo":
+    if task in ("albedo", "autoencoder"):
         return torch.rand(b, 3, H, W, generator=g)
+    if task == "shading":
+        return 0.35 + 0.65 * torch.rand(b, 1, H, W, generator=g)
     raise AssertionError(task)
 
 
@@ -36,7 +38,10 @@ def _target(task: str, g: torch.Generator, b: int = 2) -> torch.Tensor:
 def test_registry_contents():
     assert set(T.TASKS) == set(ALL)
     channels = {t: T.get_task(t).channels for t in ALL}
-    assert channels == {"seg": NUM_CLASSES, "depth": 1, "normals": 3, "edges": 1, "albedo": 3}
+    assert channels == {"seg": NUM_CLASSES, "depth": 1, "normals": 3, "edges": 1, "albedo": 3, "shading": 1,
+                        "texture_edges": 1, "keypoints": 1, "autoencoder": 3}
+    assert T.get_tasks("taskonomy5") == ("autoencoder", "depth", "normals", "keypoints", "texture_edges")
+    assert [t for t in ALL if T.get_task(t).higher_is_better] == ["seg", "edges", "texture_edges", "keypoints"]
     assert T.get_task("seg").higher_is_better and T.get_task("edges").higher_is_better
     assert T.get_task("depth").lower_is_better and T.get_task("normals").lower_is_better
     assert T.get_task("albedo").lower_is_better
@@ -56,7 +61,7 @@ def test_unknown_task_lists_valid_tasks():
 def test_task_sets():
     assert T.get_tasks("nyu3") == ("seg", "depth", "normals")
     five = T.get_tasks("diverse5")
-    assert len(five) == 5 and set(five) == set(ALL)
+    assert five == ("seg", "depth", "normals", "edges", "albedo")
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -182,7 +187,8 @@ def test_register_task_and_task_set_from_outside():
         assert T.lower_is_better("seg,gray") == {"seg": False, "gray": True}
         with pytest.raises(ValueError, match="already registered"):
             T.register_task(gray)
-        with pytest.raises(ValueError, match="unknown task 'grey'; valid tasks: seg, depth, normals, edges, albedo, gray"):
+        with pytest.raises(ValueError, match="unknown task 'grey'; valid tasks: seg, depth, normals, edges, albedo, shading, texture_edges, "
+                           "keypoints, autoencoder, gray"):
             T.register_task_set("bad", ["seg", "grey"])
     finally:
         T.TASK_SETS.unregister("seg_gray")
