@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -40,7 +41,8 @@ from .models import count_parameters, make_encoder
 from .training import batch_indices, one_cycle
 from .types import Device, Splits, StateDict, Tasks
 
-__all__ = ["foundation_config", "pretrain", "load_foundation", "random_encoder_state", "probe_comparison",
+__all__ = ["foundation_config", "pretrain", "load_foundation", "shipped_checkpoints", "invariance_stage",
+           "AppearanceInvariance", "vicreg_terms", "random_encoder_state", "probe_comparison",
            "pretrain_info", "SHIPPED_DIR"]
 
 SHIPPED_DIR = paths.DATA_DIR          # data/: the shipped foundation checkpoints
@@ -48,9 +50,138 @@ SHIPPED_DIR = paths.DATA_DIR          # data/: the shipped foundation checkpoint
 
 def foundation_config(profile: P.Profile, seed: int = 0) -> dict:
     """Everything that determines the foundation weights; its hash names the checkpoint."""
-    return {"encoder": profile.encoder_config(), "steps": profile.foundation_steps, "lr": profile.lr_foundation,
-            "batch_size": profile.batch_size, "mask_ratio": profile.mask_ratio, "n_train": profile.n_train,
-            "max_objects": profile.max_objects, "seed": seed, "objective": "simmim-l1", "version": 1}
+    cfg = {"encoder": profile.encoder_config(), "steps": profile.foundation_steps, "lr": profile.lr_foundation,
+           "batch_size": profile.batch_size, "mask_ratio": profile.mask_ratio, "n_train": profile.n_train,
+           "max_objects": profile.max_objects, "seed": seed, "objective": "simmim-l1", "version": 1}
+    if profile.invariance_steps:                 # stage 2 (absent from SimMIM-only configs: their hashes stay)
+        cfg["invariance"] = {"objective": "dense-vicreg-appearance-views", "steps": profile.invariance_steps,
+                             "lr": profile.lr_invariance, "coefficients": list(VICREG), "proj_dim": PROJ_DIM,
+                             "scenes_version": _scenes_version(), "version": 1}
+    return cfg
+
+
+def _scenes_version() -> int:
+    from .scenes import VERSION
+    return VERSION
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2: appearance invariance (dense VICReg on two looks of the same scenes)
+# ----------------------------------------------------------------------------------------------
+VICREG = (25.0, 25.0, 1.0)     # invariance, variance, covariance weights (Bardes et al. 2022)
+PROJ_DIM = 256                 # projector output width
+
+
+def vicreg_terms(za: torch.Tensor, zb: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, ...]:
+    """Dense VICReg terms of two views' projected tokens ``za``, ``zb`` (B, N, D).
+
+    Token n of view a and token n of view b see the same surface (same geometry and camera, new
+    colours, textures and light), so invariance is the mean squared difference token by token.
+    Variance and covariance are computed *across scenes at each token position* (centred over B),
+    so a feature that only encodes the position (identical in every scene) earns no variance:
+    the encoder must describe the scene. Returns (invariance, variance, covariance), scalars."""
+    inv = (za - zb).pow(2).mean()
+    var = cov = 0.0
+    for z in (za, zb):
+        zc = z - z.mean(0, keepdim=True)                                  # (B, N, D) centred per position
+        std = (zc.pow(2).sum(0) / max(len(z) - 1, 1) + eps).sqrt()        # (N, D)
+        var = var + torch.relu(1 - std).mean() / 2
+        flat = zc.reshape(-1, z.shape[-1])                                # (B*N, D)
+        c = flat.T @ flat / max(len(flat) - 1, 1)                         # (D, D)
+        off = c - torch.diag(torch.diagonal(c))
+        cov = cov + off.pow(2).sum() / z.shape[-1] / 2
+    return inv, var, cov
+
+
+class AppearanceInvariance(nn.Module):
+    """Encoder + one projector per tap. ``forward(view_a, view_b) -> (loss, terms)``.
+
+    Both views go through the whole ViT; at every tap the heads read (and the final norm), the
+    tokens (CLS included) pass a projector, and the VICReg terms of the two views are summed with
+    the weights :data:`VICREG`. The heads read the taps, so each tap is made invariant, not only
+    the last block."""
+
+    def __init__(self, encoder: nn.Module, taps: Sequence[int]):
+        super().__init__()
+        self.encoder, self.taps = encoder, tuple(taps)
+        self.transform = encoder_io(encoder).transform
+        dim = encoder.embed_dim
+        self.projectors = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, 2 * PROJ_DIM), nn.GELU(), nn.Linear(2 * PROJ_DIM, PROJ_DIM))
+            for _ in self.taps)
+
+    def _taps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        enc = self.encoder
+        x = enc.norm_pre(enc._pos_embed(enc.patch_embed(self.transform(images))))   # (B, 1 + N, C)
+        out = []
+        for i, block in enumerate(enc.blocks):
+            x = block(x)
+            if i in self.taps:
+                out.append(enc.norm(x) if i == len(enc.blocks) - 1 else nn.functional.layer_norm(x, x.shape[-1:]))
+        return out
+
+    def forward(self, view_a: torch.Tensor, view_b: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """view_a, view_b: (B, 3, H, W) in [0, 1], the same scenes in two appearances."""
+        both = self._taps(torch.cat([view_a, view_b]))
+        B = len(view_a)
+        total = inv_s = var_s = cov_s = 0.0
+        for proj, tokens in zip(self.projectors, both):
+            z = proj(tokens)                                              # (2B, 1 + N, D)
+            inv, var, cov = vicreg_terms(z[:B], z[B:])
+            total = total + VICREG[0] * inv + VICREG[1] * var + VICREG[2] * cov
+            inv_s, var_s, cov_s = inv_s + float(inv.detach()), var_s + float(var.detach()), cov_s + float(cov.detach())
+        k = len(both)
+        return total / k, {"invariance": inv_s / k, "variance": var_s / k, "covariance": cov_s / k}
+
+
+def invariance_stage(profile: P.Profile, init: StateDict, seed: int = 0, device: Device = "cpu",
+                     progress: bool | None = None) -> tuple[StateDict, dict]:
+    """Stage 2 of pretraining: ``profile.invariance_steps`` of :class:`AppearanceInvariance` from the
+    stage-1 encoder ``init``, on two appearance views (:func:`simo_lite.scenes.render`) of the
+    profile's train scenes per step (rendered on the fly: view ids drawn from a seeded generator).
+
+    Returns (encoder state, info): ``loss_first`` / ``loss_last`` (total, first step / mean of the
+    last 20), the three terms at the end, ``steps``, ``wall_s`` and ``threads``."""
+    from .scenes import SPLIT_OFFSETS, render
+    if profile.dataset != "scenes":
+        raise ValueError("appearance-invariance pretraining renders Scenes views; "
+                         f"profile {profile.name!r} uses {profile.dataset!r}")
+    device = P.resolve_device(device) if isinstance(device, str) else device
+    encoder = make_encoder(**profile.encoder_config(), seed=seed)
+    encoder.load_state_dict(init)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        model = AppearanceInvariance(encoder, profile.taps)
+    model = model.to(device)
+    steps = profile.invariance_steps
+    opt = torch.optim.AdamW(model.parameters(), lr=profile.lr_invariance, weight_decay=0.05)
+    sched = one_cycle(opt, profile.lr_invariance, steps, 0.1)
+    g = torch.Generator().manual_seed(seed + 29)
+    it = pg.progress(range(steps), "invariance pretraining", show=progress, leave=False)
+    losses, terms, t0 = [], [], time.perf_counter()
+    model.train()
+    for step in it:
+        idx = batch_indices(profile.n_train, profile.batch_size, seed + 31, step)
+        index = idx.to(torch.int64) + SPLIT_OFFSETS["train"]
+        views = torch.randint(0, 1 << 20, (2, len(idx)), generator=g)
+        a, b = (render(index, profile.image_size, seed, view=v, max_objects=profile.max_objects)["image"]
+                for v in views)
+        loss, t = model(a.to(device), b.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        terms.append(t)
+        if hasattr(it, "set_postfix") and step % 20 == 0:
+            it.set_postfix(loss=f"{losses[-1]:.3f}")
+    state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+    last = terms[-20:]
+    return state, {"loss_first": losses[0], "loss_last": sum(losses[-20:]) / len(losses[-20:]),
+                   **{f"{k}_last": sum(t[k] for t in last) / len(last) for k in last[0]},
+                   "steps": steps, "wall_s": time.perf_counter() - t0, "threads": torch.get_num_threads(),
+                   "losses_every_50": losses[::50]}
 
 
 class MaskedReconstruction(nn.Module):
@@ -119,9 +250,14 @@ def pretrain(profile: P.Profile, seed: int = 0, device: Device = "cpu", progress
         sched.step()
         losses.append(float(loss.detach()))
     state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
-    return state, {"loss_first": losses[0], "loss_last": sum(losses[-20:]) / len(losses[-20:]),
-                   "wall_s": time.perf_counter() - t0, "steps": steps, "params": count_parameters(encoder),
-                   "threads": torch.get_num_threads()}
+    info = {"loss_first": losses[0], "loss_last": sum(losses[-20:]) / len(losses[-20:]),
+            "wall_s": time.perf_counter() - t0, "steps": steps, "params": count_parameters(encoder),
+            "threads": torch.get_num_threads()}
+    if profile.invariance_steps:
+        state, inv = invariance_stage(profile, state, seed=seed, device=device, progress=progress)
+        inv.pop("threads")                       # wall-clock stays out of the checkpoint's metadata
+        info = {**info, "wall_s": info["wall_s"] + inv.pop("wall_s"), "invariance": inv}
+    return state, info
 
 
 def random_encoder_state(profile: P.Profile, seed: int = 0) -> StateDict:
@@ -151,12 +287,22 @@ def pretrain_info(path: str | Path) -> dict:
     return info
 
 
+def shipped_checkpoints(profile: P.Profile) -> list[Path]:
+    """The shipped foundation files of ``profile`` in ``data/``: ``foundation-<profile>.safetensors`` first,
+    then ``foundation-<profile>-<variant>.safetensors`` (another objective of the same profile), by name;
+    :func:`load_foundation` takes the first whose config hash matches."""
+    main = SHIPPED_DIR / f"foundation-{profile.name}.safetensors"
+    variants = sorted(SHIPPED_DIR.glob(f"foundation-{profile.name}-*.safetensors"))
+    return [p for p in (main, *variants) if p.exists()]
+
+
 def load_foundation(profile: P.Profile, run_dir: str | Path | None = None, seed: int = 0, device: Device = "cpu",
                     progress: bool | None = None, *, data: Splits | None = None) -> tuple[StateDict, str]:
     """The foundation encoder state for ``profile`` and its config hash.
 
-    Looks for the shipped checkpoint ``data/foundation-<profile>.safetensors`` (whose config hash must
-    match; a published file, accepted by its config hash), then ``<run_dir>/foundation-<hash>.safetensors``
+    Looks for the shipped checkpoints ``data/foundation-<profile>[-<variant>].safetensors``
+    (:func:`shipped_checkpoints`; one whose config hash matches: a published file, accepted by its
+    config hash), then ``<run_dir>/foundation-<hash>.safetensors``
     (whose stored artifact key must also match the key of the training images it was pretrained on:
     new images, new foundation); otherwise pretrains and saves it in ``run_dir`` (the ``gpu`` and
     ``smoke`` profiles pretrain their own), with a ``.json`` record (wall-clock, threads) beside it.
@@ -172,12 +318,11 @@ def load_foundation(profile: P.Profile, run_dir: str | Path | None = None, seed:
         return {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}, h
     cfg = foundation_config(profile, seed)
     h = ckpt.config_hash(cfg)
-    shipped = SHIPPED_DIR / f"foundation-{profile.name}.safetensors"
-    if shipped.exists():
+    for shipped in shipped_checkpoints(profile):
         try:
             return ckpt.load_tensors(shipped, expect_hash=h), h
         except ckpt.CheckpointError:
-            pass                                 # made for another configuration: the run directory's / pretrain
+            pass                                 # made for another configuration: the next / run directory's
     if not run_dir:
         return pretrain(profile, seed=seed, device=device, progress=progress, data=data)[0], h
     store = st.Store(run_dir)
@@ -257,20 +402,43 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="default: data/foundation-<profile>.safetensors")
+    ap.add_argument("--invariance-steps", type=int, default=None,
+                    help="override the profile's invariance_steps (stage 2: appearance invariance; 0: SimMIM only)")
+    ap.add_argument("--probe-tasks", default="seg,depth,normals,edges,albedo",
+                    help="tasks of the probe table (a task set or comma-separated names)")
     args = ap.parse_args(argv)
-    profile = P.get(args.profile)
+    overrides = {} if args.invariance_steps is None else {"invariance_steps": args.invariance_steps}
+    profile = P.get(args.profile, **overrides)
     device = P.resolve_device(args.device)
     out = Path(args.out or SHIPPED_DIR / f"foundation-{profile.name}.safetensors")
     cfg = foundation_config(profile, args.seed)
     h = ckpt.config_hash(cfg)
     torch.manual_seed(args.seed)
     data = load_data(profile, args.seed, progress=True)
-    state, info = pretrain(profile, seed=args.seed, device=device, data=data)
-    print(f"pretrained {info['params']:,} parameters, {info['steps']} steps in {info['wall_s']:.0f} s; "
-          f"masked-patch L1 {info['loss_first']:.3f} -> {info['loss_last']:.3f}")
+    stage1 = P.get(args.profile, invariance_steps=0)
+    shipped1 = SHIPPED_DIR / f"foundation-{profile.name}.safetensors"
+    try:                                         # stage 1 already shipped (same SimMIM config): start from it
+        init = ckpt.load_tensors(shipped1, expect_hash=ckpt.config_hash(foundation_config(stage1, args.seed))) \
+            if profile.invariance_steps and shipped1.exists() else None
+    except ckpt.CheckpointError:
+        init = None
+    if init is not None:
+        info = {**pretrain_info(shipped1), "stage1_from": shipped1.name}
+        info.pop("threads", None)
+        state, inv = invariance_stage(profile, init, seed=args.seed, device=device, progress=True)
+        inv.pop("threads")
+        info = {**info, "wall_s": info.get("wall_s", 0.0) + inv.pop("wall_s"), "invariance": inv,
+                "threads": torch.get_num_threads()}
+    else:
+        state, info = pretrain(profile, seed=args.seed, device=device, data=data)
+    print(f"pretrained {info['params']:,} parameters, {info['steps']} SimMIM steps"
+          + (f" + {profile.invariance_steps} invariance steps" if profile.invariance_steps else "")
+          + f" in {info['wall_s']:.0f} s; masked-patch L1 {info['loss_first']:.3f} -> {info['loss_last']:.3f}"
+          + (f"; invariance loss {info['invariance']['loss_first']:.3f} -> {info['invariance']['loss_last']:.3f}"
+             if "invariance" in info else ""))
     ckpt.save_tensors(state, out, metadata={"config_hash": h, "config": json.dumps(cfg, sort_keys=True)})
     t0 = time.perf_counter()
-    probes = probe_comparison(profile, state, seed=args.seed, device=device, data=data)
+    probes = probe_comparison(profile, state, tasks=args.probe_tasks, seed=args.seed, device=device, data=data)
     probe_s = time.perf_counter() - t0
     from .tasks import get_task
     for task in probes["foundation"]:
@@ -280,8 +448,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{'foundation better' if better else 'RANDOM BETTER'}")
     manifest = {"file": out.name, "sha256": st.sha256_file(out), "config": cfg, "config_hash": h,
                 "profile": profile.to_dict(), "pretraining": info, "probe_test_metrics": probes,
-                "probe_wall_s": probe_s, "command": f"python -m simo_lite.foundation --profile {profile.name} "
-                                                    f"--seed {args.seed}",
+                "probe_wall_s": probe_s, "command": " ".join(["python -m simo_lite.foundation", *(argv if argv is not None else sys.argv[1:])]),
                 "torch": torch.__version__, "device": str(device)}
     st.write_json(out.with_suffix(".json"), manifest)
     print(f"wrote {out} and {out.with_suffix('.json')}")

@@ -60,6 +60,8 @@ class Profile:
     grad_clip: float = 25.0
     head: str = "linear"       # "linear" (paper's BN + 1x1 conv) or "conv" (small DPT-style)
     mask_ratio: float = 0.6    # foundation: fraction of patches masked
+    invariance_steps: int = 0  # foundation stage 2: dense appearance invariance on Scenes views (0: none)
+    lr_invariance: float = 5e-4
     max_objects: int = 4
     # data and backbone: the offline Scenes course by default (see docs/real-data.md)
     dataset: str = DEFAULT_DATASET  # a name in simo_lite.data.DATASETS: "scenes", "nyuv2" or "cityscapes"

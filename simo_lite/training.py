@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -38,7 +38,7 @@ from .types import Device, Split, Splits, StateDict, Tasks
 __all__ = ["RunRecord", "RECIPE_VERSION", "expert_artifact", "mtl_artifact", "two_stage_artifact", "load_data",
            "cache_features", "features_fit_in_memory", "probe_stage", "profile_augment",
            "batch_indices", "fit", "evaluate", "build_model", "make_profile_encoder", "train_expert", "train_mtl",
-           "progress_enabled", "set_trainable", "Stage", "one_cycle"]
+           "progress_enabled", "set_trainable", "Stage", "one_cycle", "tail_improvement"]
 
 # ``load_data`` (simo_lite.data) and ``progress_enabled`` (simo_lite.progress) are re-exported under
 # their old home here: ``training.load_data`` and ``training.progress_enabled`` keep working.
@@ -252,6 +252,23 @@ def fit(model: SimoModel, data: Split, tasks: Tasks, steps: int, lr: float, batc
     return RunRecord(name=name, steps=steps, samples=steps * min(batch_size, n),
                      trainable_params=sum(p.numel() for p in params), wall_s=prior_s + time.perf_counter() - t0,
                      metrics={"loss": losses})
+
+
+def tail_improvement(losses: Sequence[float], tail: float = 0.2, window: float = 0.1) -> float:
+    """How much a run still improved over its last ``tail`` of steps, as a fraction of the loss.
+
+    (mean loss over the ``window`` of steps ending where the tail starts - mean over the last
+    ``window`` of steps) / the first; 0.004 = the loss fell 0.4 % over the last 20 % of steps. Mean
+    windows, not single steps, because minibatch losses are noisy. A run counts as converged when this
+    is under 1 % (docs/preregistration.md §4). NaN when the run is too short for two windows."""
+    n = len(losses)
+    w = max(1, int(round(window * n)))
+    start = int(round((1 - tail) * n))
+    if n < 4 or start - w < 0 or start > n - w:
+        return float("nan")
+    before = sum(losses[start - w:start]) / w
+    end = sum(losses[n - w:]) / w
+    return (before - end) / abs(before) if before else float("nan")
 
 
 def _check_fit_inputs(model: SimoModel, data: Split, tasks: tuple[str, ...], steps: int, batch_size: int,

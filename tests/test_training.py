@@ -397,3 +397,15 @@ def test_old_homes_still_work():
     from simo_lite import data, progress
     assert training.load_data is data.load_data
     assert training.progress_enabled is progress.progress_enabled
+
+
+def test_tail_improvement_measures_the_last_fifth():
+    from simo_lite.training import tail_improvement
+    flat = [1.0] * 100
+    assert tail_improvement(flat) == 0.0
+    falling = [1.0 - 0.005 * i for i in range(100)]          # 1.0 -> 0.505, linear
+    before = sum(falling[70:80]) / 10                         # the 10 steps before the last 20 %
+    end = sum(falling[90:]) / 10
+    assert tail_improvement(falling) == pytest.approx((before - end) / before)
+    assert tail_improvement(falling) > 0.01 and tail_improvement(flat) < 0.01   # not converged / converged
+    assert math.isnan(tail_improvement([1.0, 0.5])) and math.isnan(tail_improvement([]))
