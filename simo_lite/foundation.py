@@ -49,7 +49,10 @@ SHIPPED_DIR = paths.DATA_DIR          # data/: the shipped foundation checkpoint
 
 
 def foundation_config(profile: P.Profile, seed: int = 0) -> dict:
-    """Everything that determines the foundation weights; its hash names the checkpoint."""
+    """Everything that determines the foundation weights; its hash names the checkpoint.
+
+    ``seed``: the run's; ``profile.foundation_seed``, when set, takes its place (one foundation for all)."""
+    seed = profile.foundation_seed if profile.foundation_seed is not None else seed
     cfg = {"encoder": profile.encoder_config(), "steps": profile.foundation_steps, "lr": profile.lr_foundation,
            "batch_size": profile.batch_size, "mask_ratio": profile.mask_ratio, "n_train": profile.n_train,
            "max_objects": profile.max_objects, "seed": seed, "objective": "simmim-l1", "version": 1}
@@ -309,6 +312,8 @@ def load_foundation(profile: P.Profile, run_dir: str | Path | None = None, seed:
     ``data``: the already loaded splits ({"train": {"image": ...}, ...}), to avoid loading them again.
     A stale or damaged run-directory file is logged (logger ``simo_lite.store``) and pretrained again.
     Downstream artifacts are keyed by :func:`simo_lite.store.foundation_key` (config hash + weights).
+    ``profile.foundation_seed`` (cpu and gpu: 0), when set, replaces ``seed``: every run seed shares
+    one foundation pretrained on that seed's train scenes, as the paper's seeds share DINOv2.
     """
     if profile.backbone:                         # a pretrained timm ViT from a local file (docs/real-data.md)
         from .backbones import load_backbone
@@ -316,6 +321,8 @@ def load_foundation(profile: P.Profile, run_dir: str | Path | None = None, seed:
                               "input_hw": list(profile.input_hw)})
         encoder = load_backbone(profile.backbone, profile.weights, img_size=profile.input_hw)
         return {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}, h
+    if profile.foundation_seed is not None and profile.foundation_seed != seed:
+        seed, data = profile.foundation_seed, None      # one pretrained encoder for every run seed (like DINOv2)
     cfg = foundation_config(profile, seed)
     h = ckpt.config_hash(cfg)
     for shipped in shipped_checkpoints(profile):

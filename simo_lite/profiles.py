@@ -61,6 +61,7 @@ class Profile:
     head: str = "linear"       # "linear" (paper's BN + 1x1 conv) or "conv" (small DPT-style)
     mask_ratio: float = 0.6    # foundation: fraction of patches masked
     invariance_steps: int = 0  # foundation stage 2: dense appearance invariance on Scenes views (0: none)
+    foundation_seed: int | None = None  # the foundation of every run seed (None: each run seed pretrains its own)
     lr_invariance: float = 5e-4
     max_objects: int = 4
     # data and backbone: the offline Scenes course by default (see docs/real-data.md)
@@ -117,11 +118,11 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(name="cpu", image_size=64, n_train=3000, n_val=400, n_test=500,
                    patch_size=8, embed_dim=128, depth=8, num_heads=4, batch_size=32,
                    foundation_steps=800, probe_steps=150, finetune_steps=200,
-                   mtl_probe_steps=150, mtl_finetune_steps=300, realign_steps=200),
+                   mtl_probe_steps=150, mtl_finetune_steps=300, realign_steps=200, foundation_seed=0),
     "gpu": Profile(name="gpu", image_size=128, n_train=30000, n_val=3000, n_test=2000,
                    patch_size=8, embed_dim=384, depth=12, num_heads=6, batch_size=64,
                    foundation_steps=6000, probe_steps=1000, finetune_steps=3000,
-                   mtl_probe_steps=1000, mtl_finetune_steps=6000, realign_steps=2000),
+                   mtl_probe_steps=1000, mtl_finetune_steps=6000, realign_steps=2000, foundation_seed=0),
     # the paper's NYUv2 / Cityscapes set-up (docs/real-data.md): a DINOv2 backbone from a local file,
     # NYUv2 at 280 x 378 (image_size is the height before rounding to patch 14), batch 16 as in the
     # paper's Appendix C; split sizes and encoder fields are filled in from the data and the backbone.

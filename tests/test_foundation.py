@@ -66,3 +66,14 @@ def test_shipped_variants_are_found_by_name_and_matched_by_hash(tmp_path, monkey
                                                               "foundation-smoke-other.safetensors"]
     loaded, got = Fd.load_foundation(prof)                          # no run_dir: would pretrain if none matched
     assert got == h and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_every_cpu_run_seed_shares_the_seed_0_foundation():
+    cpu = profiles.get("cpu")
+    assert cpu.foundation_seed == 0 and profiles.get("smoke").foundation_seed is None
+    assert Fd.foundation_config(cpu, 3) == Fd.foundation_config(cpu, 0)
+    state, h = Fd.load_foundation(cpu, seed=3)                      # the shipped file, not a new pretraining
+    manifest = json.loads((Fd.SHIPPED_DIR / "foundation-cpu.json").read_text())
+    assert h == manifest["config_hash"]
+    smoke = profiles.get("smoke")
+    assert Fd.foundation_config(smoke, 1) != Fd.foundation_config(smoke, 0)   # smoke: each seed its own
