@@ -12,9 +12,13 @@ from benchmarks.common import REPO, md_table
 
 def rows_with_cost() -> tuple[str, ...]:
     """The results-table rows that train something, in ``simo_lite.experiment.ROWS`` order: the experts,
-    joint MTL and every realignment (``<merge>+<fix>``); the plain merges train nothing."""
+    joint MTL and every realignment (a merge with a fix that trains, ``fixes.Fix.trains``); the plain
+    merges and BN re-estimation (forward passes only) train nothing."""
     from simo_lite.experiment import ROWS
-    return tuple(r for r in ROWS if r in ("experts", "mtl") or "+" in r)
+    from simo_lite.fixes import FIXES
+    from simo_lite.rows import row_spec
+    return tuple(r for r in ROWS if r in ("experts", "mtl")
+                 or (row_spec(r).fix is not None and FIXES[row_spec(r).fix].trains))
 
 
 def candidates(profiles: Sequence[str], course_root: Path, results_run_dir: str | Path | None = None) -> list:

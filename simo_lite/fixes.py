@@ -12,21 +12,23 @@ name       label                  what it does (``simo_lite.realign``)
 head       head realign           refit each expert head on the merged encoder's cached features
 repr       block adapters         low-rank adapter after every block, trained with the heads
 lora       PEFT LoRA              LoRA on the blocks' attention and MLP linears, trained with the heads
+bn         BN re-estimation       recompute the heads' BatchNorm running mean / var on the merged
+                                  encoder's features (forward passes only: 0 steps, no parameter changed)
 =========  =====================  =================================================================
 
 Register another from a notebook or a test, no package edit needed::
 
     from simo_lite import fixes
 
-    @fixes.register_fix("bn", label="BN re-estimation")
-    def reestimate_bn(exp, model):
+    @fixes.register_fix("my_bn", label="my BN re-estimation")
+    def my_reestimate_bn(exp, model):
         ...                                   # forward passes only: no optimiser step
-        return model, RunRecord("bn-reestimate", samples=n)
+        return model, RunRecord("my-bn", samples=n)
 
-    exp.results_table(rows=[("ta", "bn")])    # a "ta+bn" row, labelled "task arithmetic + BN re-estimation"
+    exp.results_table(rows=[("ta", "my_bn")])   # a "ta+my_bn" row, "task arithmetic + my BN re-estimation"
 
-A fix that takes no gradient step (such as re-estimating BatchNorm statistics on the realignment
-split) returns a record with ``steps=0``; the results table shows its cost as it is.
+A fix that takes no gradient step (such as "bn", re-estimating BatchNorm statistics on the
+realignment split) returns a record with ``steps=0``; the results table shows its cost as it is.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ if TYPE_CHECKING:                                   # pragma: no cover
     from .models import SimoModel
     from .training import RunRecord
 
-__all__ = ["Fix", "FIXES", "register_fix", "head_realignment", "adapter_realignment"]
+__all__ = ["Fix", "FIXES", "register_fix", "head_realignment", "adapter_realignment", "bn_reestimation"]
 
 
 @dataclass(frozen=True)
@@ -53,24 +55,27 @@ class Fix:
         options: keyword options ``apply`` takes (e.g. ``("rank", "steps")``); results-table rows
             call it without any, so every option needs a default (usually the experiment's setting).
         label: how results tables name it ("head realign").
+        trains: whether it takes gradient steps (False for BN re-estimation: forward passes only); the
+            cost table (Table 4) lists the rows of fixes that train.
     """
     name: str
     apply: Callable[..., tuple]
     options: tuple[str, ...] = ()
     label: str = ""
+    trains: bool = True
 
 
 FIXES: Registry[Fix] = Registry("fix")
 
 
 def register_fix(name: str, apply: Callable[..., tuple] | None = None, *, options: tuple[str, ...] = (),
-                 label: str = "", replace: bool = False
+                 label: str = "", trains: bool = True, replace: bool = False
                  ) -> Callable[..., tuple] | Callable[[Callable[..., tuple]], Callable[..., tuple]]:
     """Register a fix (directly, or as a decorator when ``apply`` is omitted); returns ``apply``.
 
     After that ``exp.fix(name, model)`` and the results-table rows ``(method, name)`` accept it."""
     def add(f):
-        FIXES.register(name, Fix(name, f, tuple(options), label or name), replace=replace)
+        FIXES.register(name, Fix(name, f, tuple(options), label or name, trains), replace=replace)
         return f
     return add(apply) if apply is not None else add
 
@@ -100,6 +105,17 @@ def adapter_realignment(exp: "Experiment", model: "SimoModel", *, kind: str = "b
                                   cache_dir=exp.store.root / "realign")
 
 
+def bn_reestimation(exp: "Experiment", model: "SimoModel", *, batch_size: int | None = None
+                    ) -> tuple["SimoModel", "RunRecord"]:
+    """BatchNorm re-estimation on the experiment's realignment split (``exp.data["val_realign"]``): the
+    running statistics of the heads' BatchNorm layers recomputed on the merged encoder's features, in
+    batches of ``batch_size`` (default: the profile's), forward passes only
+    (:func:`simo_lite.realign.bn_reestimate`; its record has ``steps=0``)."""
+    from .realign import bn_reestimate
+    return bn_reestimate(model, exp.data["val_realign"], exp.tasks, batch_size=batch_size or exp.profile.batch_size,
+                         device=exp.device)
+
+
 register_fix("head", head_realignment, options=("steps", "cached"), label="head realign")
 register_fix("repr", lambda exp, model, rank=None, steps=None: adapter_realignment(exp, model, kind="block",
                                                                                    rank=rank, steps=steps),
@@ -107,3 +123,4 @@ register_fix("repr", lambda exp, model, rank=None, steps=None: adapter_realignme
 register_fix("lora", lambda exp, model, rank=None, steps=None: adapter_realignment(exp, model, kind="lora",
                                                                                    rank=rank, steps=steps),
              options=("rank", "steps"), label="PEFT LoRA")
+register_fix("bn", bn_reestimation, options=("batch_size",), label="BN re-estimation", trains=False)

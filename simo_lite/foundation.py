@@ -36,7 +36,7 @@ from . import profiles as P
 from . import progress as pg
 from . import store as st
 from .backbones import encoder_io
-from .data import load_data
+from .data import DATASETS, load_data
 from .models import count_parameters, make_encoder
 from .training import batch_indices, one_cycle
 from .types import Device, Splits, StateDict, Tasks
@@ -146,9 +146,9 @@ def invariance_stage(profile: P.Profile, init: StateDict, seed: int = 0, device:
     Returns (encoder state, info): ``loss_first`` / ``loss_last`` (total, first step / mean of the
     last 20), the three terms at the end, ``steps``, ``wall_s`` and ``threads``."""
     from .scenes import SPLIT_OFFSETS, render
-    if profile.dataset != "scenes":
+    if DATASETS[profile.dataset].from_files:    # only a rendered dataset can show one scene in two looks
         raise ValueError("appearance-invariance pretraining renders Scenes views; "
-                         f"profile {profile.name!r} uses {profile.dataset!r}")
+                         f"profile {profile.name!r} uses {profile.dataset!r}, read from files")
     device = P.resolve_device(device) if isinstance(device, str) else device
     encoder = make_encoder(**profile.encoder_config(), seed=seed)
     encoder.load_state_dict(init)

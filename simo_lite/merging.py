@@ -8,6 +8,12 @@ top-k threshold copies each task vector), TIES with k = 1 1.3-1.5x, TALL masks 1
     tau_t        = theta_t - theta_0                     (task_vectors)
     theta_merged = theta_0 + alpha * sum_t tau_t          (task_arithmetic)
     theta_merged = theta_0 + alpha * ties(tau_1..tau_T)   (ties: trim, elect sign, disjoint mean)
+    theta_merged = theta_0 + sum_t lambda[t, g(k)] tau_t[k] (apply_layer_coefficients: per task, per layer group)
+
+The registry :data:`MERGE_METHODS` has "ties" (k = the ``ties_k`` option, 0.2 by default, the paper's
+text) and "ties_k1" (always k = 1.0, no trim, as the authors' code). :func:`select_alpha` with
+``alpha_max`` extends the grid beyond 1.0 in steps of :data:`ALPHA_STEP` up to :data:`ALPHA_MAX` while
+the best alpha is on its upper edge.
 
 Only floating-point tensors are merged; integer buffers are copied from ``pretrained``.
 
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -32,9 +38,12 @@ from .types import StateDict
 
 __all__ = ["task_vectors", "task_arithmetic", "zero_shot", "weight_average", "ties", "dare", "tall_masks",
            "tall_merged", "consensus", "select_alpha", "tv_norms", "tv_cosine", "ALPHA_GRID", "MERGE_METHODS",
-           "MergeMethod", "register_merge_method", "merge", "layer_groups", "learn_layer_coefficients"]
+           "MergeMethod", "register_merge_method", "merge", "layer_groups", "learn_layer_coefficients",
+           "ALPHA_MAX", "ALPHA_STEP", "extend_alpha", "apply_layer_coefficients"]
 
 ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))   # 0.0 ... 1.0, the paper's grid
+ALPHA_MAX = 2.0       # the largest alpha: the grid extension's end (and the largest fixed alpha notebooks accept)
+ALPHA_STEP = 0.1      # the step of the grid extension beyond max(grid)
 
 # StateDict ({name: tensor}) is simo_lite.types.StateDict, imported above (merging.StateDict keeps working)
 
@@ -237,6 +246,8 @@ register_merge_method("ta", lambda pretrained, tvs, alpha: task_arithmetic(pretr
                       label="task arithmetic")
 register_merge_method("ties", lambda pretrained, tvs, alpha, ties_k=0.2: ties(pretrained, tvs, k=ties_k, alpha=alpha),
                       options=("ties_k",), label="TIES")
+register_merge_method("ties_k1", lambda pretrained, tvs, alpha: ties(pretrained, tvs, k=1.0, alpha=alpha),
+                      label="TIES (k = 1.0)")     # the authors' code keeps every entry (no trim); "ties" uses ties_k
 register_merge_method("dare", lambda pretrained, tvs, alpha, dare_p=0.9, seed=0: dare(pretrained, tvs, p=dare_p,
                                                                                     alpha=alpha, seed=seed),
                       options=("dare_p", "seed"), label="DARE")
@@ -261,17 +272,41 @@ def merge(method: str, pretrained: StateDict, task_vectors: dict[str, StateDict]
     return spec.fn(pretrained, task_vectors, alpha=alpha, **{k: v for k, v in options.items() if k in spec.options})
 
 
-def select_alpha(score: Callable[[float], float], grid: Iterable[float] = ALPHA_GRID) -> tuple[float, dict]:
-    """The paper's protocol: evaluate ``score(alpha)`` (a validation Δm, higher is better) on the grid.
-
-    Returns (best alpha, {alpha: score}). ``score`` must evaluate on the validation split; the test
-    split is only touched once, afterwards, at the chosen alpha.
-    """
-    scores = {float(a): float(score(float(a))) for a in grid}
+def _best(scores: dict[float, float]) -> float:
+    """The alpha of the highest finite score (the smaller alpha on a tie); errors when none is finite."""
     finite = {a: s for a, s in scores.items() if math.isfinite(s)}
     if not finite:
         raise ValueError("select_alpha: no finite score on the grid")
-    best = max(finite, key=lambda a: (finite[a], -a))
+    return max(finite, key=lambda a: (finite[a], -a))
+
+
+def extend_alpha(scores: dict[float, float], alpha_max: float = ALPHA_MAX, step: float = ALPHA_STEP) -> float | None:
+    """The next alpha to try beyond the grid of ``scores`` ({alpha: score}), or None: while the best
+    alpha is the largest one tried and below ``alpha_max``, the largest plus ``step`` (at most
+    ``alpha_max``, rounded to 6 decimals so 1.0 + 0.1 is 1.1)."""
+    top = max(scores)
+    if _best(scores) != top or top >= alpha_max - 1e-9:
+        return None
+    return round(min(top + step, alpha_max), 6)
+
+
+def select_alpha(score: Callable[[float], float], grid: Iterable[float] = ALPHA_GRID,
+                 alpha_max: float | None = None, step: float = ALPHA_STEP) -> tuple[float, dict]:
+    """The paper's protocol: evaluate ``score(alpha)`` (a validation Δm, higher is better) on the grid.
+
+    With ``alpha_max`` (e.g. :data:`ALPHA_MAX`), a best alpha on the grid's upper edge extends the grid
+    in steps of ``step`` until the best is no longer the largest alpha tried or ``alpha_max`` is
+    reached (:func:`extend_alpha`); None (the default) keeps to the grid.
+
+    Returns (best alpha, {alpha: score} over every alpha tried, in order). ``score`` must evaluate on
+    the validation split; the test split is only touched once, afterwards, at the chosen alpha.
+    """
+    scores = {float(a): float(score(float(a))) for a in grid}
+    best = _best(scores)
+    if alpha_max is not None:
+        while (a := extend_alpha(scores, alpha_max, step)) is not None:
+            scores[a] = float(score(a))
+        best = _best(scores)
     return best, scores
 
 
@@ -301,6 +336,39 @@ def layer_groups(state: StateDict) -> dict[str, str]:
         else:
             groups[k] = "norm"
     return groups
+
+
+def apply_layer_coefficients(pretrained: StateDict, task_vectors: dict[str, StateDict],
+                             coefficients: torch.Tensor | Sequence[Sequence[float]], groups: Sequence[str]
+                             ) -> StateDict:
+    """theta = theta_0 + sum_t lambda[t, g(k)] * tau_t[k], per float tensor ``k`` (the merge that
+    :func:`simo_lite.coefficients.learn_layer_coefficients` learns, paper Fig. 2).
+
+    ``coefficients``: lambda, shape (T, G), row ``i`` for the ``i``-th task of ``task_vectors`` (dict
+    order), column ``j`` for the layer group ``groups[j]``; ``groups``: the G group names
+    (:func:`layer_groups`' values: "embed", "block<i>", "norm"). Every group of ``pretrained`` must be
+    one of ``groups``. Integer tensors are copied from ``pretrained``. All ones is task arithmetic at
+    alpha = 1, all zeros theta_0.
+    """
+    keys = _check(task_vectors)
+    lam = torch.as_tensor(coefficients, dtype=torch.float32).detach().cpu()
+    tasks, groups = list(task_vectors), list(groups)
+    if lam.shape != (len(tasks), len(groups)):
+        raise ValueError(f"apply_layer_coefficients: coefficients have shape {tuple(lam.shape)}, expected "
+                         f"(tasks, groups) = ({len(tasks)}, {len(groups)})")
+    col = {g: j for j, g in enumerate(groups)}
+    of = layer_groups(pretrained)
+    missing = sorted({g for k, g in of.items() if k in keys and g not in col})
+    if missing:
+        raise KeyError(f"apply_layer_coefficients: no coefficients for layer group(s) {', '.join(missing)}; "
+                       f"groups: {', '.join(groups)}")
+    tvs = [task_vectors[t] for t in tasks]
+
+    def merged(k: str) -> torch.Tensor:
+        j = col[of[k]]
+        return sum(float(lam[i, j]) * tv[k] for i, tv in enumerate(tvs))
+
+    return _apply(pretrained, merged, 1.0)
 
 
 def __getattr__(name: str):

@@ -10,6 +10,12 @@ Representation realignment (paper §6b)
     start (so the model starts exactly at the merged one), and train adapters and heads jointly with
     the unweighted mean loss. ``kind="lora"`` instead puts PEFT LoRA on the attention and MLP linears
     of every block; those updates fold into the weights (``fold_lora``) for a plain encoder again.
+
+BatchNorm re-estimation (a mechanism baseline, no training)
+    Recompute the running mean / variance of every BatchNorm layer of the heads on the merged
+    encoder's features of the validation images (``bn_reestimate``): forward passes only, no
+    gradient step, no parameter changed. It separates a shift of the features' statistics from the
+    rest of what merging loses.
 """
 from __future__ import annotations
 
@@ -31,8 +37,8 @@ from .types import Device, Tasks
 if TYPE_CHECKING:
     from peft import LoraModel
 
-__all__ = ["cache_features", "head_realign", "BlockAdapter", "AdaptedBlock", "add_block_adapters", "add_lora",
-           "fold_lora", "representation_realign", "LORA_TARGETS"]
+__all__ = ["cache_features", "head_realign", "bn_reestimate", "BlockAdapter", "AdaptedBlock", "add_block_adapters",
+           "add_lora", "fold_lora", "representation_realign", "LORA_TARGETS"]
 
 LORA_TARGETS = r".*blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 
@@ -63,6 +69,50 @@ def head_realign(model: SimoModel, val: dict, tasks: Tasks | None = None, steps:
         record.add(r)
     record.trainable_params = sum(count_parameters(model.heads[t]) for t in tasks)
     return model, record
+
+
+def bn_reestimate(model: SimoModel, split: dict, tasks: Tasks | None = None, batch_size: int = 32,
+                  device: Device = "cpu") -> tuple[SimoModel, RunRecord]:
+    """Re-estimate the running statistics of every BatchNorm layer in the heads of ``model`` (a copy) on
+    the features its encoder gives the images of ``split``.
+
+    ``split``: ``{"image": (N, 3, H, W) in [0, 1], ...}`` (labels unused). The encoder runs once over
+    the images (eval mode; features (N, L, 2C, h, w), :func:`cache_features`); then, per head of
+    ``tasks`` (default: the model's), each BatchNorm's running stats are reset, its momentum set to
+    None (cumulative average over the batches) and it alone put in train mode, the features go
+    through the head in batches of ``batch_size`` without gradients, and the head goes back to eval
+    with its BatchNorms' momentum restored. Only the BN buffers (``running_mean``, ``running_var``,
+    ``num_batches_tracked``) change; no parameter, no optimiser step, ``model`` itself untouched.
+    With ``batch_size >= N`` the new running mean is the features' per-channel mean over (N, h, w)
+    exactly (the variance: its unbiased estimate); smaller batches average the batches' statistics.
+
+    Returns the copy (eval mode) and a RunRecord with ``steps=0``, ``samples=N`` (images seen),
+    ``trainable_params=0`` and the wall-clock seconds.
+    """
+    if batch_size < 1:
+        raise ValueError(f"bn_reestimate: batch_size must be >= 1, got {batch_size}")
+    tasks = get_tasks(tasks if tasks is not None else model.tasks)
+    t0 = time.perf_counter()
+    model = copy.deepcopy(model).to(device).eval()
+    images = split["image"]
+    feats = cache_features(model, images, batch_size=max(batch_size, 1), device=device)   # (N, L, 2C, h, w)
+    for t in tasks:
+        head = model.heads[t]
+        bns = [m for m in head.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        with torch.no_grad():
+            for s in range(0, len(feats), batch_size):
+                head(feats[s:s + batch_size].to(device))
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+        head.eval()
+    record = RunRecord(name="bn-reestimate", steps=0, samples=len(images), trainable_params=0,
+                       wall_s=time.perf_counter() - t0)
+    return model.eval(), record
 
 
 class BlockAdapter(nn.Module):

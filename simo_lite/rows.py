@@ -17,7 +17,17 @@ baseline       what the row reports
 experts        each expert on its own task (the reference of every normalised number)
 mtl            joint multi-task fine-tuning of one encoder with all heads
 tall           TALL masks: one masked encoder per task, so T encoder passes (not one SIMO model)
+coefficients   per-task, per-layer-group merging coefficients learned on the validation split
+               (paper Fig. 2, ``Experiment.layer_coefficients``), the merge
+               θ₀ + Σ_t λ[t, g(k)] τ_t[k] (``merging.apply_layer_coefficients``) with the experts'
+               heads on test; its cost is the coefficient-learning steps
 =============  =================================================================================
+
+Beyond the paper's Table 1, :data:`TABLE_ROWS` has the rows of its mechanism study, which separate the
+causes of the merged model's loss: BatchNorm re-estimation only (``ta+bn``, ``ties+bn``: feature
+statistics), head realignment of the pretrained encoder (``zeroshot+head``: what the heads alone
+recover without any task vector), TIES at k = 1.0 (``ties_k1``, ``ties_k1+head``: the authors' code)
+beside the paper's k, and the learned layer coefficients (``coefficients``).
 """
 from __future__ import annotations
 
@@ -92,16 +102,56 @@ def _tall(exp) -> tuple:
     return metrics, None, {"lambda": lam, "note": "one encoder pass per task"}
 
 
+COEFFICIENT_LR = 1e-2     # of the "coefficients" row's learning (Experiment.layer_coefficients' default)
+
+
+def _coefficient_steps(exp) -> int:
+    return exp.profile.realign_steps // 2
+
+
+def _coefficients(exp) -> tuple:
+    """Learn λ (T, G) on val, merge θ₀ + Σ_t λ[t, g(k)] τ_t[k], evaluate with the experts' heads on test."""
+    import time
+
+    from .training import RunRecord
+    steps = _coefficient_steps(exp)
+    t0 = time.perf_counter()
+    coef, groups, losses = exp.layer_coefficients(steps=steps, lr=COEFFICIENT_LR)        # (T, G), (G,), (steps,)
+    wall = time.perf_counter() - t0
+    n_val = len(exp.data["val"]["image"])
+    cost = RunRecord(name="layer-coefficients", steps=steps, samples=steps * min(exp.profile.batch_size, n_val),
+                     trainable_params=int(coef.numel()), wall_s=wall)
+    state = merging.apply_layer_coefficients(exp.foundation, exp.task_vectors(), coef, groups)
+    metrics = exp.evaluate(exp.with_heads(state))
+    lam = {t: {g: float(coef[i, j]) for j, g in enumerate(groups)} for i, t in enumerate(exp.tasks)}
+    return metrics, cost, {"coefficients": lam, "groups": list(groups),
+                           "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None}}
+
+
+def _coefficients_upstream(exp) -> dict:
+    """The learning's settings (steps, lr, split) as an upstream entry; the experts are chained already."""
+    from .store import config_hash
+    return {"layer-coefficients": config_hash({"steps": _coefficient_steps(exp), "lr": COEFFICIENT_LR,
+                                                "split": "val", "init": 0.3})}
+
+
 register_baseline("experts", _experts, label="experts (LP→FT)")
 register_baseline("mtl", _mtl, label="joint MTL", upstream=lambda exp: {"mtl": exp.mtl_artifact().key})
 register_baseline("tall", _tall, label="TALL masks (T encoder passes)")
+register_baseline("coefficients", _coefficients, label="learned layer coefficients (Fig. 2)",
+                  upstream=_coefficients_upstream)
 
-# the rows of the results table, in the paper's Table 1 order (+ TALL and the LoRA variant)
+# the rows of the results table, in the paper's Table 1 order (+ TALL and the LoRA variant), then the
+# mechanism study's baselines
 TABLE_ROWS = (RowSpec("experts"), RowSpec("mtl"), RowSpec("zeroshot", label="zero-shot (α=0)"), RowSpec("ta"),
               RowSpec("ties"), RowSpec("tall"),
               RowSpec("ta", "head", "TA + head realign"), RowSpec("ta", "repr", "TA + block adapters"),
               RowSpec("ta", "lora", "TA + PEFT LoRA"), RowSpec("ties", "head", "TIES + head realign"),
-              RowSpec("ties", "repr", "TIES + block adapters"), RowSpec("ties", "lora", "TIES + PEFT LoRA"))
+              RowSpec("ties", "repr", "TIES + block adapters"), RowSpec("ties", "lora", "TIES + PEFT LoRA"),
+              # the mechanism study: feature statistics, heads alone, TIES's k, learned layer coefficients
+              RowSpec("ta", "bn", "TA + BN re-estimation"), RowSpec("ties", "bn", "TIES + BN re-estimation"),
+              RowSpec("zeroshot", "head", "α = 0 + head realign"), RowSpec("ties_k1", label="TIES (k = 1.0)"),
+              RowSpec("ties_k1", "head", "TIES (k = 1.0) + head realign"), RowSpec("coefficients"))
 ROWS = tuple(r.id for r in TABLE_ROWS)
 
 

@@ -51,7 +51,9 @@ def _table(tasks, deltas: dict, costs: dict | None = None) -> list[dict]:
 
 
 NYU_DELTAS = {"experts": 0.0, "mtl": -0.05, "zeroshot": -0.5, "ta": -0.30, "ties": -0.40, "tall": -0.2,
-              "ta+head": -0.06, "ta+repr": -0.03, "ties+head": -0.10, "ties+repr": -0.08}
+              "ta+head": -0.06, "ta+repr": -0.03, "ties+head": -0.10, "ties+repr": -0.08,
+              "ta+bn": -0.22, "ties+bn": -0.30, "zeroshot+head": -0.15, "ties_k1": -0.33, "ties_k1+head": -0.09,
+              "coefficients": -0.25}
 COSTS = {"experts": {"steps": 900, "samples": 28800, "trainable_params": 1000, "wall_s": 90.0},
          "mtl": {"steps": 600, "samples": 19200, "trainable_params": 1100, "wall_s": 60.0},
          "ta+head": {"steps": 300, "samples": 9600, "trainable_params": 30, "wall_s": 3.0},
@@ -186,7 +188,7 @@ def test_table4_from_results(quick_bench):
     assert rows["ta+head"]["delta_m_ratio"] == pytest.approx(-0.06)
     assert "\\|D\\|" in table4.markdown(quick_bench[0]["table4"])  # pipes escaped in Markdown
     assert table4.rows_with_cost() == ("experts", "mtl", "ta+head", "ta+repr", "ta+lora", "ties+head", "ties+repr",
-                                       "ties+lora")
+                                       "ties+lora", "zeroshot+head", "ties_k1+head")   # not +bn: no training step
 
 
 def test_course_timings_budget_and_reuse(tmp_path, monkeypatch):
@@ -282,7 +284,11 @@ def test_render_from_synthetic_results(tmp_path, quick_bench):
     diverse = {k: 1.5 * v for k, v in NYU_DELTAS.items()}
     run_dir = _write_run(tmp_path / "cpu-0", diverse=diverse)
     doc = _render(tmp_path, run_dir, quick_bench[1])
-    assert "not run" not in doc.split("## Benchmarks")[0]               # every results input present
+    ours = doc.split("## Our results")[1].split("## Reading")[0]
+    for name in ("nyu3", "diverse5"):                                    # every input of these two present
+        section = ours.split(f"### `{name}`")[1].split("### ")[0]
+        assert "not run" not in section, name
+    assert "table-autoencoder+depth+normals+keypoints+texture_edges.json` not found" in ours   # a set without one
     for heading in ("## Our results", "## Reading", "## Cost against joint MTL", "## Benchmarks",
                     "### Table 1", "### Table 2", "### Table 3", "### Table 4"):
         assert heading in doc, heading
@@ -325,7 +331,8 @@ def test_reading_follows_the_numbers(tmp_path):
 def test_render_with_missing_inputs(tmp_path):
     doc = _render(tmp_path, tmp_path / "no-such-run", tmp_path / "no-bench.json")
     ours = doc.split("## Reading")[0]
-    assert ours.count("not run") == 2                                   # nyu3 and diverse5 tables
+    from simo_lite.tasks import TASK_SETS
+    assert ours.count("not run") == len(TASK_SETS)                      # one per task set (nyu3, diverse5, ...)
     assert "python -m simo_lite.experiment --profile cpu --tasks nyu3" in ours
     bench_part = doc.split("## Benchmarks")[1].split("## The paper's tables")[0]
     assert "not run" in bench_part and "make bench" in bench_part

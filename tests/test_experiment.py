@@ -49,7 +49,8 @@ def test_row_is_cached_and_consistent(exp, run_dir):
     row = exp.row("ta")
     assert row["row"] == "ta" and set(row["metrics"]) == {"seg", "depth"}
     assert row["delta_m_ratio"] == pytest.approx(exp.score(row["metrics"], kind="ratio"))
-    assert row["alpha"] in merging.ALPHA_GRID
+    swept = {float(a) for a in row["val_scores"]}                  # the grid, extended while its edge is best
+    assert row["alpha"] in swept and set(merging.ALPHA_GRID) <= swept and max(swept) <= merging.ALPHA_MAX
     again = Experiment(profiles.get("smoke"), "seg,depth", seed=0, run_dir=run_dir)
     assert again.row("ta") == json.loads(json.dumps(row, default=float))
     with pytest.raises(ValueError, match="unknown row"):

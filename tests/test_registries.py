@@ -44,12 +44,12 @@ def _reestimate_bn(exp, model, samples=None):
 @pytest.fixture()
 def registered():
     merging.register_merge_method("half_ta", _half_ta, label="half TA")
-    fixes.register_fix("bn", _reestimate_bn, options=("samples",), label="BN re-estimation")
+    fixes.register_fix("bn_test", _reestimate_bn, options=("samples",), label="BN recount")
     try:
         yield
     finally:
         merging.MERGE_METHODS.unregister("half_ta")
-        fixes.FIXES.unregister("bn")
+        fixes.FIXES.unregister("bn_test")
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +59,15 @@ def run_dir(tmp_path_factory):
 
 def test_registered_method_and_fix_appear_in_the_results_table(registered, run_dir):
     exp = Experiment(profiles.get("smoke"), TASKS, seed=0, run_dir=run_dir)
-    table = exp.results_table(rows=[("half_ta", None), ("half_ta", "bn")])
-    assert [r["row"] for r in table] == ["half_ta", "half_ta+bn"]
+    table = exp.results_table(rows=[("half_ta", None), ("half_ta", "bn_test")])
+    assert [r["row"] for r in table] == ["half_ta", "half_ta+bn_test"]
     plain, fixed = table
 
-    # the registered merge was used, at the alpha chosen on validation: half of task arithmetic's
-    assert plain["alpha"] in merging.ALPHA_GRID and {float(a) for a in plain["val_scores"]} == set(merging.ALPHA_GRID)
+    # the registered merge was used, at the alpha chosen on validation (the grid, extended up to ALPHA_MAX
+    # while the best is on its edge): half of task arithmetic's
+    swept = {float(a) for a in plain["val_scores"]}
+    assert set(merging.ALPHA_GRID) <= swept and all(0.0 <= a <= merging.ALPHA_MAX for a in swept)
+    assert plain["alpha"] in swept
     ta_half = exp.with_heads(merging.task_arithmetic(exp.foundation, exp.task_vectors(), plain["alpha"] / 2))
     assert plain["metrics"] == pytest.approx(exp.evaluate(ta_half))
     assert plain["delta_m_ratio"] == pytest.approx(exp.score(plain["metrics"]))
@@ -73,45 +76,48 @@ def test_registered_method_and_fix_appear_in_the_results_table(registered, run_d
     assert fixed["alpha"] == plain["alpha"]
     assert fixed["cost"]["steps"] == 0 and fixed["cost"]["samples"] == n_val
     assert fixed["metrics"] != plain["metrics"]                 # new BN statistics change the heads' outputs
-    assert exp.row_artifact(("half_ta", "bn")).upstream["merge-half_ta"] == exp.merge_artifact("half_ta").key
+    assert exp.row_artifact(("half_ta", "bn_test")).upstream["merge-half_ta"] == exp.merge_artifact("half_ta").key
 
     # the same rows by id, from the store (not recomputed)
-    assert exp.row("half_ta+bn") == fixed and exp.row(("half_ta", None)) == plain
+    assert exp.row("half_ta+bn_test") == fixed and exp.row(("half_ta", None)) == plain
 
     # the run's Markdown names rows by id; the labelled form and the docs' table use the registered labels
     md = (run_dir / "results" / "table-seg+depth.md").read_text()
     assert md == exp.to_markdown(table)
-    assert "\n| half_ta | " in md and "\n| half_ta+bn | " in md
+    assert "\n| half_ta | " in md and "\n| half_ta+bn_test | " in md
     labelled = exp.to_markdown(table, labels=True)
-    assert "\n| half TA | " in labelled and "\n| half TA + BN re-estimation | " in labelled
-    assert row_label(("half_ta", "bn")) == "half TA + BN re-estimation"
+    assert "\n| half TA | " in labelled and "\n| half TA + BN recount | " in labelled
+    assert row_label(("half_ta", "bn_test")) == "half TA + BN recount"
     from benchmarks.render_results import results_table_md
     doc = results_table_md({"tasks": exp.tasks, "rows": {r["row"]: r for r in table}})
-    assert "| half TA | " in doc and "| half TA + BN re-estimation | " in doc
+    assert "| half TA | " in doc and "| half TA + BN recount | " in doc
 
     # fixes take only their own options
-    assert exp.fix("bn", exp.merged_model("half_ta")[0], samples=4)[1].samples == 4
-    with pytest.raises(ValueError, match="fix 'bn': unknown option"):
-        exp.fix("bn", exp.merged_model("half_ta")[0], rank=2)
+    assert exp.fix("bn_test", exp.merged_model("half_ta")[0], samples=4)[1].samples == 4
+    with pytest.raises(ValueError, match="fix 'bn_test': unknown option"):
+        exp.fix("bn_test", exp.merged_model("half_ta")[0], rank=2)
 
 
 def test_unregistered_names_are_unknown_rows():
-    for row in (("half_ta", None), ("ta", "bn"), "half_ta+bn", ("experts", "head"), ("nope", None)):
+    for row in (("half_ta", None), ("ta", "bn_test"), "half_ta+bn_test", ("experts", "head"), ("experts", "bn"),
+                ("nope", None)):
         with pytest.raises(ValueError, match="unknown row"):
             row_spec(row)
-    assert "half_ta" not in merging.MERGE_METHODS and "bn" not in fixes.FIXES
+    assert "half_ta" not in merging.MERGE_METHODS and "bn_test" not in fixes.FIXES
 
 
 def test_rows_are_method_fix_pairs_with_unchanged_ids():
     """The table's rows: ids derived from (method, fix), never parsed; the labels docs/results.md prints."""
     assert ROWS == ("experts", "mtl", "zeroshot", "ta", "ties", "tall", "ta+head", "ta+repr", "ta+lora", "ties+head",
-                    "ties+repr", "ties+lora")
+                    "ties+repr", "ties+lora", "ta+bn", "ties+bn", "zeroshot+head", "ties_k1", "ties_k1+head",
+                    "coefficients")
     assert row_spec("ta+head") == row_spec(("ta", "head")) and row_spec("ta+head").fix == "head"
     assert row_spec(("ta", None)).id == "ta" and row_spec("mtl").method == "mtl"
     assert [row_label(r) for r in ROWS] == [
         "experts (LP→FT)", "joint MTL", "zero-shot (α=0)", "task arithmetic", "TIES", "TALL masks (T encoder passes)",
         "TA + head realign", "TA + block adapters", "TA + PEFT LoRA", "TIES + head realign", "TIES + block adapters",
-        "TIES + PEFT LoRA"]
+        "TIES + PEFT LoRA", "TA + BN re-estimation", "TIES + BN re-estimation", "α = 0 + head realign",
+        "TIES (k = 1.0)", "TIES (k = 1.0) + head realign", "learned layer coefficients (Fig. 2)"]
     assert row_label(("dare", "lora")) == "DARE + PEFT LoRA"           # derived from the registries' labels
     assert report.row_label("not a row") == "not a row"
 
@@ -136,13 +142,13 @@ def test_per_task_merge_methods_are_not_rows_nor_notebook_merges():
 
 
 def test_registered_fix_options_and_builtins():
-    assert list(fixes.FIXES)[:3] == ["head", "repr", "lora"]
+    assert list(fixes.FIXES)[:4] == ["head", "repr", "lora", "bn"]
     assert {n: fixes.FIXES[n].label for n in ("head", "repr", "lora")} == {
         "head": "head realign", "repr": "block adapters", "lora": "PEFT LoRA"}
     assert fixes.FIXES["repr"].options == ("rank", "steps")
     with pytest.raises(ValueError, match="already registered"):
         fixes.register_fix("head", _reestimate_bn)
-    with pytest.raises(ValueError, match="unknown fix 'nope'; valid: head, repr, lora"):
+    with pytest.raises(ValueError, match="unknown fix 'nope'; valid: head, repr, lora, bn"):
         fixes.FIXES["nope"]
 
 
