@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Experiment", "ROWS", "TABLE_ROWS", "RowSpec", "row_spec", "row_label"]
 
-ROW_VERSION = 2        # of the row computation (part of every row's key)
+ROW_VERSION = 3        # of the row computation (part of every row's key); 3: alpha grid extended beyond 1.0
 ALPHA_VERSION = 3      # of the alpha sweep (part of every sweep's key)
 COST_FIELDS = report.COST_FIELDS
 
@@ -258,26 +258,45 @@ class Experiment:
 
     def alpha_artifact(self, method: str = "ta", grid: Sequence[float] = merging.ALPHA_GRID,
                        tasks: Tasks | None = None, **kw: Any) -> st.Artifact:
-        """The store artifact of an alpha sweep: method, grid, settings + data, foundation, experts."""
+        """The store artifact of an alpha sweep: method, grid, settings + data, foundation, experts.
+
+        A one-alpha sweep (a point of :meth:`select_alpha`'s grid extension) is named apart,
+        ``<tasks>-<method>_alpha<alpha, "." as "p">`` (``seg+depth-ta_alpha1p1``), so it is not taken for a
+        changed version of the grid's sweep."""
         tasks = get_tasks(tasks) if tasks is not None else self.tasks
         kw.setdefault("ties_k", self.ties_k)
         cfg = {"method": method, "tasks": list(tasks), "grid": [float(a) for a in grid], "kw": kw,
                "seed": self.seed, "profile": self.profile.to_dict(), "version": ALPHA_VERSION}
-        return st.Artifact("alpha", f"{'+'.join(tasks)}-{method}", cfg, self._upstream(tasks))
+        name = f"{'+'.join(tasks)}-{method}" + (f"_alpha{float(grid[0]):g}".replace(".", "p") if len(grid) == 1 else "")
+        return st.Artifact("alpha", name, cfg, self._upstream(tasks))
 
     def merge_artifact(self, method: str) -> st.Artifact:
-        """The merged model of :meth:`merged_model`: ``method`` at the alpha its default sweep selects."""
+        """The merged model of :meth:`merged_model`: ``method`` at the alpha its default sweep selects (the
+        grid, extended up to ``merging.ALPHA_MAX`` while the best is on its edge: each extension point is
+        a one-alpha sweep of the same inputs, so the default sweep's key and ``alpha_max`` determine it)."""
         return st.Artifact("merge", f"{'+'.join(self.tasks)}-{method}",
-                           {"method": method, "ties_k": self.ties_k, "seed": self.seed},
+                           {"method": method, "ties_k": self.ties_k, "seed": self.seed,
+                            "alpha_max": merging.ALPHA_MAX, "alpha_step": merging.ALPHA_STEP},
                            {**self._upstream(), f"alpha-{method}": self.alpha_artifact(method).key})
 
     def select_alpha(self, method: str = "ta", grid: Sequence[float] = merging.ALPHA_GRID, tasks: Tasks | None = None,
-                     **kw: Any) -> tuple[float, dict]:
+                     alpha_max: float | None = merging.ALPHA_MAX, **kw: Any) -> tuple[float, dict]:
         """Best alpha on the validation split (ratio Δm against the experts' validation metrics).
 
-        Returns (alpha, {alpha: validation Δm}); the sweep is :meth:`alpha_sweep` (cached)."""
-        sweep = self.alpha_sweep(method, grid, tasks, **kw)
-        return merging.select_alpha(lambda a: self.score(sweep[float(a)], split="val"), grid)
+        When the best alpha is the grid's largest, the grid is extended in steps of ``merging.ALPHA_STEP``
+        (0.1) until the best is no longer on the edge or ``alpha_max`` (default ``merging.ALPHA_MAX``,
+        2.0) is reached; ``alpha_max=None`` keeps to ``grid``. Returns (alpha, {alpha: validation Δm}
+        over every alpha swept, the grid's then the extension's). The grid's sweep is
+        :meth:`alpha_sweep` (cached), each extension point a one-alpha sweep of its own (cached under
+        its own key)."""
+        sweep = dict(self.alpha_sweep(method, grid, tasks, **kw))
+
+        def score(a: float) -> float:
+            if float(a) not in sweep:                                   # an extension point
+                sweep.update(self.alpha_sweep(method, (float(a),), tasks, **kw))
+            return self.score(sweep[float(a)], split="val")
+
+        return merging.select_alpha(score, grid, alpha_max=alpha_max)
 
     def merged_model(self, method: str) -> tuple[SimoModel, float, dict]:
         """The merged encoder at its validation-selected alpha, with the experts' heads."""
@@ -484,13 +503,17 @@ def _parse_args(argv=None):
     import argparse
 
     from . import profiles as P
+    from .classroom.executor import EXECUTORS
     from .tasks import TASK_SETS, TASKS
     ap = argparse.ArgumentParser(prog="python -m simo_lite.experiment",
                                  description="Train what is missing and write the results tables to the run dir")
     ap.add_argument("--profile", default="cpu", choices=sorted(P.PROFILES))
     ap.add_argument("--tasks", nargs="+", default=["nyu3", "diverse5"],
                     help=f"task sets ({', '.join(TASK_SETS)}) or comma-separated tasks ({', '.join(TASKS)})")
-    ap.add_argument("--seed", type=int, default=0, help="a non-negative integer")
+    ap.add_argument("--seed", type=int, default=None, help="a non-negative integer (default 0)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                    help="several seeds: one run directory per seed (as the course names it) computed through "
+                         "--executor, and every table collected in <runs folder>/sweeps/<--name>/")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     ap.add_argument("--run-dir", default=None, help="default: runs/<profile>-<seed> (runs/<profile>-<dataset>-<seed> "
                                                      "for a real dataset), as the course names it")
@@ -498,13 +521,51 @@ def _parse_args(argv=None):
     ap.add_argument("--data-dir", default="", help="folder of a real dataset (docs/real-data.md)")
     ap.add_argument("--backbone", default="", help="timm model name of a pretrained ViT (with --weights)")
     ap.add_argument("--weights", default="", help="local weights file of --backbone (nothing is downloaded)")
+    ap.add_argument("--runs-root", default=None, help="folder of the run folders (default: $SIMO_LITE_RUNS or runs/)")
+    ap.add_argument("--workers", type=int, default=1, help="seeds computed at a time (with --seeds; default 1)")
+    ap.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads of each worker (default: the "
+                                                              "cores shared between the workers; in this process: "
+                                                              "unchanged)")
+    ap.add_argument("--executor", default=None, choices=EXECUTORS,
+                    help="with --seeds: serial (this process), pool (local worker processes) or submitit (Slurm, "
+                         "else submitit's local executor); default: serial for one worker, else pool")
+    ap.add_argument("--name", default=None, help="with --seeds: the collection's folder under <runs folder>/sweeps/ "
+                                                 "(default: <profile>-<task sets>-seeds-<seeds>)")
     args = ap.parse_args(argv)
 
     def fail(e) -> None:
         ap.error(" ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()))
 
+    if args.seed is not None and args.seeds is not None:
+        ap.error("give --seed or --seeds, not both")
+    if args.seed is None:
+        args.seed = args.seeds[0] if args.seeds else 0
     if args.seed < 0:
         ap.error(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.seeds is not None:
+        if any(s < 0 for s in args.seeds):
+            ap.error(f"--seeds must be non-negative integers, got {' '.join(map(str, args.seeds))}")
+        repeated = [s for i, s in enumerate(args.seeds) if s in args.seeds[:i]]
+        if repeated:
+            ap.error(f"--seeds lists {repeated[0]} more than once (the same run twice)")
+        if args.run_dir:
+            ap.error("--run-dir is one run's folder: with --seeds each seed gets its own, named as the course "
+                     "names it (runs/<profile>-<seed>); pass --runs-root to put them elsewhere")
+    else:
+        multi = [flag for flag, given in (("--workers", args.workers != 1), ("--executor", args.executor is not None),
+                                          ("--name", args.name is not None)) if given]
+        if multi:
+            ap.error(f"{', '.join(multi)}: only with several seeds (--seeds)")
+    if args.workers < 1:
+        ap.error(f"--workers must be a positive integer, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be a positive integer, got {args.threads}")
+    if args.executor == "serial" and args.workers > 1:
+        ap.error(f"--workers {args.workers} computes seeds in worker processes: give --executor pool or submitit, "
+                 f"not serial")
+    if args.name is not None and (not args.name or "/" in args.name or os.sep in args.name
+                                  or args.name in (".", "..")):
+        ap.error(f"--name must be a folder name (no path), got {args.name!r}")
     try:
         prof = P.validate(P.get(args.profile, dataset=args.dataset, data_dir=args.data_dir, backbone=args.backbone,
                                 weights=args.weights))
@@ -532,7 +593,8 @@ def _parse_args(argv=None):
     except ValueError as e:
         fail(f"--device: {e}")
     from .course import default_run_dir
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(prof.name, args.seed, prof.dataset)
+    root = {"root": Path(args.runs_root).expanduser().absolute()} if args.runs_root else {}
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(prof.name, args.seed, prof.dataset, **root)
     return args, prof, task_sets, device, run_dir
 
 
@@ -541,32 +603,42 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     Validates every argument first (see :func:`_parse_args`), seeds torch's global generator with
     ``--seed`` (every stage also seeds its own generators, so results do not depend on it), and
-    logs each artifact it recomputes, with the reason (logger ``simo_lite.store``)."""
+    logs each artifact it recomputes, with the reason (logger ``simo_lite.store``).
+
+    ``--seeds 0 1 2 [--workers N --threads T --executor pool|submitit|serial]``: the same for each seed,
+    one run directory per seed (``runs/<profile>-<seed>``) computed through
+    :func:`simo_lite.classroom.executor.run_jobs`, then every table of every seed collected in
+    ``<runs folder>/sweeps/<--name>/`` (tidy table, mean ± SD across seeds, Δm plot:
+    :func:`simo_lite.multiseed.write_collection`); exit status 1 when a seed failed (the others are
+    collected)."""
     args, prof, task_sets, device, run_dir = _parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    pkg_log = logging.getLogger("simo_lite")
-    pkg_log.addHandler(handler)
-    old_level = pkg_log.level
-    pkg_log.setLevel(logging.INFO)
-    try:
-        torch.manual_seed(args.seed)
-        for tasks in task_sets:
-            t0 = time.perf_counter()
-            exp = Experiment(prof, tasks, args.seed, device, run_dir, progress=not os.environ.get("CI"))
-            exp.training_table()
-            table = exp.results_table()
-            print(exp.to_markdown(table))
-            print(f"{tasks}: {time.perf_counter() - t0:.0f} s; tables in {run_dir / 'results'}\n")
-    finally:
-        pkg_log.removeHandler(handler)
-        pkg_log.setLevel(old_level)
-    from .course import write_run_meta
+    from .classroom.executor import pinned_threads
+    from .multiseed import run_seed
     extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in
                     (("dataset", args.dataset), ("data_dir", args.data_dir), ("backbone", args.backbone),
                      ("weights", args.weights)) if v and v != DEFAULT_DATASET)
-    write_run_meta(run_dir, f"python -m simo_lite.experiment --profile {args.profile} --tasks {' '.join(args.tasks)}"
-                   f" --seed {args.seed}{extra}")
+
+    def command(seed: int) -> str:
+        return (f"python -m simo_lite.experiment --profile {args.profile} --tasks {' '.join(args.tasks)}"
+                f" --seed {seed}{extra}")
+
+    if args.seeds is None:
+        with pinned_threads(args.threads):
+            run_seed(prof, task_sets, args.seed, device, run_dir, command(args.seed))
+        return
+    from .course import default_run_dir, run_label
+    from .multiseed import run_seeds
+    root = Path(args.runs_root).expanduser().absolute() if args.runs_root else None
+    run = run_label(prof.name, args.seeds[0], prof.dataset)
+    name = args.name or "".join(c if c.isalnum() or c in "._+,-" else "_" for c in
+                                f"{run}-{'+'.join(task_sets)}-seeds-{'-'.join(map(str, args.seeds))}")
+    failed = run_seeds(prof, task_sets, args.seeds, str(device),
+                       {s: default_run_dir(prof.name, s, prof.dataset, root=root) for s in args.seeds},
+                       {s: command(s) for s in args.seeds}, run=run, name=name, root=root,
+                       executor=args.executor or ("pool" if args.workers > 1 else "serial"), workers=args.workers,
+                       threads=args.threads)
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

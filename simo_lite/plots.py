@@ -15,7 +15,7 @@ from .scenes import CLASSES
 from .tasks import get_task, get_tasks
 from .types import Split, Tasks
 
-__all__ = ["sample_grid", "prediction_grid", "class_frequencies", "metric_curve", "heatmap"]
+__all__ = ["sample_grid", "prediction_grid", "class_frequencies", "metric_curve", "heatmap", "delta_m_bars"]
 
 
 def _rows(n: int, available: int) -> int:
@@ -112,5 +112,44 @@ def heatmap(matrix: Sequence[Sequence[float]] | np.ndarray | torch.Tensor, row_l
     sns.heatmap(matrix, annot=True, fmt=fmt, xticklabels=col_labels, yticklabels=row_labels, cmap=cmap, ax=ax,
                 cbar_kws={"label": cbar_label})
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def delta_m_bars(tidy: Sequence[dict], kind: str = "ratio", title: str = "") -> Figure:
+    """Bar plot (seaborn) of Δm per results-table row, the mean over seeds with SD error bars (sample SD;
+    none for a single seed), one bar colour per task set (per run and task set when there are several runs).
+
+    ``tidy``: tidy rows (:func:`simo_lite.report.tidy_rows`; each seed's Δm counts once per row);
+    ``kind``: ``"ratio"`` (the paper's tables) or ``"relative"`` (Eq. 2)."""
+    import pandas as pd
+    import seaborn as sns
+    if kind not in ("ratio", "relative"):
+        raise ValueError(f"kind must be 'ratio' or 'relative', got {kind!r}")
+    seen, points = set(), []
+    runs = {r["run"] for r in tidy}
+    for r in tidy:
+        key = (r["run"], r["seed"], r["tasks"], r["row"])
+        if key in seen or r[f"delta_m_{kind}"] is None:
+            continue
+        seen.add(key)
+        points.append({"row": r["row"], "Δm (%)": 100 * r[f"delta_m_{kind}"],
+                       "tasks": r["tasks"] if len(runs) == 1 else f"{r['run']}: {r['tasks']}"})
+    if not points:
+        raise ValueError("no Δm values to plot: the tidy rows are empty")
+    df = pd.DataFrame(points)
+    n_rows = df["row"].nunique()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * n_rows * max(1, df["tasks"].nunique()) + 2), 3.8))
+    sns.barplot(data=df, x="row", y="Δm (%)", hue="tasks", errorbar="sd", capsize=0.15, ax=ax)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("")
+    ax.set_ylabel(f"Δm ({'ratio' if kind == 'ratio' else 'Eq. 2'}, %)")
+    n_seeds = len({r["seed"] for r in tidy})
+    ax.set_title(title or f"Δm per row: mean ± SD over {n_seeds} seed{'s' if n_seeds != 1 else ''}")
+    ax.tick_params(axis="x", labelrotation=45)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    ax.legend(fontsize=8, title="")
+    ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig

@@ -13,6 +13,7 @@ results table in ``docs/results.md``      :func:`results_markdown` (``DOC`` styl
 training table (run dir)                  :func:`training_markdown`
 training table in ``docs/results.md``     :func:`training_summary_markdown`
 sweep table (``sweep.md``)                :func:`sweep_markdown`
+several seeds: tidy rows, mean ± SD       :func:`tidy_rows`, :func:`aggregate`, :func:`aggregate_markdown`
 course report (``report.md``)             :func:`run_report`
 the paper's numbers                       :func:`paper_table` (reads ``benchmarks/paper_tables.json``)
 ========================================  =============================================================
@@ -39,7 +40,7 @@ if TYPE_CHECKING:                    # annotations only: importing this module d
 __all__ = ["COST_FIELDS", "TableStyle", "RUN", "DOC", "cost_of", "row_record", "num", "pct", "markdown_table",
            "task_heading", "row_label", "results_markdown", "results_title", "training_markdown",
            "training_summary_markdown", "sweep_markdown", "run_report", "paper_tables", "paper_table",
-           "PAPER_TABLES"]
+           "PAPER_TABLES", "TIDY_COLUMNS", "tidy_rows", "aggregate", "aggregate_markdown"]
 
 COST_FIELDS = ("steps", "samples", "trainable_params", "wall_s")
 PAPER_TABLES = REPO / "benchmarks" / "paper_tables.json"     # the paper's numbers, quoted once
@@ -249,6 +250,116 @@ def run_report(out: str | Path) -> str:
     if figs:
         lines += ["## Figures", ""] + [f"- [{f.name}](figures/{f.name})" for f in figs]
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# several seeds: the tidy table and its mean ± SD
+# ----------------------------------------------------------------------------------------------
+TIDY_COLUMNS = ("run", "seed", "tasks", "row", "method", "fix", "task", "metric", "value", "delta_m_ratio",
+                "delta_m_relative")
+
+
+def tidy_rows(table: Sequence[dict], *, run: str, seed: int, metric_names: dict[str, str] | None = None) -> list[dict]:
+    """Row records (one results table) as tidy rows, one per (row, task, metric), with :data:`TIDY_COLUMNS`.
+
+    ``run`` names the run's configuration without its seed (``smoke``, ``smoke-merge_method=ties``),
+    so the rows of one configuration at several seeds aggregate together; ``tasks`` is the table's
+    task names joined by ``+``; ``method`` / ``fix`` split the row id (``ta+head`` -> ``ta``, ``head``;
+    ``fix`` None for a row without one). Each task gives two rows: its metric (named by
+    ``metric_names[task]``, e.g. from the training table; else ``"metric"``) and ``"normalized"``
+    (its fraction of the expert's). ``delta_m_ratio`` / ``delta_m_relative`` are the row's, repeated."""
+    names = metric_names or {}
+    out = []
+    for r in table:
+        tasks = list(r.get("tasks") or r["metrics"])
+        method, _, fix = r["row"].partition("+")
+        base = {"run": run, "seed": seed, "tasks": "+".join(tasks), "row": r["row"], "method": method,
+                "fix": fix or None}
+        for t in tasks:
+            for metric, value in ((names.get(t, "metric"), r["metrics"].get(t)),
+                                  ("normalized", (r.get("normalized") or {}).get(t))):
+                out.append({**base, "task": t, "metric": metric, "value": value,
+                            "delta_m_ratio": r.get("delta_m_ratio"), "delta_m_relative": r.get("delta_m_relative")})
+    return out
+
+
+def _mean_sd(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of the numbers in ``values``; SD None below two."""
+    import statistics
+    xs = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None
+
+
+def aggregate(tidy: Sequence[dict]) -> dict:
+    """Mean ± SD across seeds of tidy rows (:func:`tidy_rows`), in first-seen order:
+
+    ``{"rows": [{run, tasks, row, method, fix, seeds, n, delta_m_ratio_mean, delta_m_ratio_sd,
+    delta_m_relative_mean, delta_m_relative_sd}], "tasks": [{run, tasks, row, method, fix, task, metric,
+    seeds, n, mean, sd}]}``: one entry per (run, task set, row), and one per (run, task set, row, task,
+    metric). SD is the sample standard deviation (n - 1 in the denominator), None for a single seed;
+    each seed counts once."""
+    rows: dict[tuple, dict] = {}
+    tasks: dict[tuple, dict] = {}
+    for r in tidy:
+        key = (r["run"], r["tasks"], r["row"])
+        g = rows.setdefault(key, {"head": {k: r[k] for k in ("run", "tasks", "row", "method", "fix")}, "seeds": {}})
+        g["seeds"].setdefault(r["seed"], (r["delta_m_ratio"], r["delta_m_relative"]))
+        t = tasks.setdefault(key + (r["task"], r["metric"]), {"head": {**g["head"], "task": r["task"],
+                                                                       "metric": r["metric"]}, "seeds": {}})
+        t["seeds"].setdefault(r["seed"], r["value"])
+    out_rows = []
+    for g in rows.values():
+        ratio = _mean_sd([v[0] for v in g["seeds"].values()])
+        relative = _mean_sd([v[1] for v in g["seeds"].values()])
+        out_rows.append({**g["head"], "seeds": sorted(g["seeds"]), "n": len(g["seeds"]),
+                         "delta_m_ratio_mean": ratio[0], "delta_m_ratio_sd": ratio[1],
+                         "delta_m_relative_mean": relative[0], "delta_m_relative_sd": relative[1]})
+    out_tasks = []
+    for t in tasks.values():
+        mean, sd = _mean_sd(list(t["seeds"].values()))
+        out_tasks.append({**t["head"], "seeds": sorted(t["seeds"]), "n": len(t["seeds"]), "mean": mean, "sd": sd})
+    return {"rows": out_rows, "tasks": out_tasks}
+
+
+def _pm(mean: float | None, sd: float | None, percent: bool) -> str:
+    """``mean ± sd`` for a cell (percentages with ``percent``); the mean alone without an SD."""
+    if mean is None:
+        return "–"
+    text = pct(mean) if percent else num(mean)
+    if sd is None:
+        return text
+    return f"{text} ± {pct(sd, sign=False) if percent else num(sd)}"
+
+
+def aggregate_markdown(agg: dict) -> str:
+    """:func:`aggregate`'s result as Markdown (with a trailing newline): per (run, task set) a heading and
+    a table with, per row, every task's metric (mean ± SD), Δm (ratio) and Δm (Eq. 2) (mean ± SD) and
+    the seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in agg["rows"]:
+        groups.setdefault((r["run"], r["tasks"]), []).append(r)
+    per_task = {(t["run"], t["tasks"], t["row"], t["task"]): t for t in agg["tasks"] if t["metric"] != "normalized"}
+    parts = []
+    for (run, tasks), rows in groups.items():
+        names = tasks.split("+")
+        metric = {n: next((t["metric"] for k, t in per_task.items() if k[:2] == (run, tasks) and k[3] == n), "metric")
+                  for n in names}
+        seeds = sorted({s for r in rows for s in r["seeds"]})
+        body = []
+        for r in rows:
+            cells = []
+            for n in names:
+                t = per_task.get((run, tasks, r["row"], n))
+                cells.append(_pm(t["mean"], t["sd"], False) if t else "–")
+            body.append([r["row"]] + cells + [_pm(r["delta_m_ratio_mean"], r["delta_m_ratio_sd"], True),
+                                              _pm(r["delta_m_relative_mean"], r["delta_m_relative_sd"], True),
+                                              ", ".join(map(str, r["seeds"]))])
+        parts.append(f"## {run}: {tasks} (mean ± SD over seeds {', '.join(map(str, seeds))}, test split)\n\n"
+                     + markdown_table(["method"] + [f"{n} {metric[n]}" for n in names]
+                                      + ["Δm (ratio)", "Δm (Eq. 2)", "seeds"], body))
+    return "\n\n".join(parts) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ From a shell::
     python -m simo_lite.course run --profile smoke --only 00 -p seed 1          # -> runs/smoke-1
     python -m simo_lite.course run --only 03 -p merge_method ties  # -> runs/cpu-0-merge_method=ties
     python -m simo_lite.course sweep grid.yaml               # parameter grid for assignments
+    python -m simo_lite.course sweep seeds.yaml --workers 2 --threads 1   # two runs at a time
 
 Each run's folder is named by the parameters that define it (:func:`default_run_dir`) and records
 them in ``run-params.json``; the runner never writes into a folder made with other parameters.
@@ -764,8 +765,18 @@ def _results_snapshot(out: Path) -> dict:
     return snap
 
 
+def run_label(profile: str, seed: int, dataset: str = DEFAULT_DATASET, *, params: dict | None = None) -> str:
+    """The name of a run's configuration: its :func:`default_run_dir` folder name without the seed
+    (``smoke-1-merge_method=ties`` -> ``smoke-merge_method=ties``, ``cpu-0`` -> ``cpu``), the ``run``
+    of its rows in a multi-seed collection (:func:`simo_lite.report.tidy_rows`)."""
+    name = default_run_dir(profile, seed, dataset, params=params, root=Path("/")).name
+    prefix = f"{profile}-{seed}" if dataset == DEFAULT_DATASET else f"{profile}-{dataset}-{seed}"
+    return prefix[:-len(f"-{seed}")] + name[len(prefix):]
+
+
 def sweep(grid_file: str, profile: str | None = None, only: Sequence[str | int] | None = None, collect: str = "",
-          run_dir: str | None = None, yes: bool = False) -> Path:
+          run_dir: str | None = None, yes: bool = False, workers: int = 1, threads: int | None = None,
+          executor: str | None = None) -> Path:
     """Run every combination of a YAML grid (``{param: [values, ...]}``) and tabulate the outcomes.
 
     Each combination runs into ``<run_dir>/<its default_run_dir name>`` (``run_dir`` defaults to
@@ -777,8 +788,29 @@ def sweep(grid_file: str, profile: str | None = None, only: Sequence[str | int] 
     anything runs: unknown parameter names (with the valid ones), empty or repeated value lists, and
     every combination's run folder; more than :data:`SWEEP_CONFIRM_RUNS` runs need ``yes``. A failed
     combination is marked in the table and the others still run; then :class:`NotebookFailed` is raised.
+
+    ``executor`` (:data:`simo_lite.classroom.executor.EXECUTORS`; default ``serial`` for one worker,
+    else ``pool``) runs the combinations one after the other in this process (``serial``), or
+    ``workers`` at a time in worker processes (``pool``; ``submitit``: Slurm or submitit's local
+    executor), each with ``threads`` torch/OpenMP threads (inherited by its notebook kernels; default:
+    the cores shared between the workers); a worker's notebook output goes to its run folder's
+    ``sweep.log``. The results tables (``results/table-*.json``) the runs wrote are collected in
+    ``<runs folder>/sweeps/<grid name>/`` (tidy table, mean ± SD across seeds, a Δm plot:
+    :func:`simo_lite.multiseed.write_collection`).
     """
     import yaml
+
+    from .executor import EXECUTORS
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"--workers must be a positive integer, got {workers!r}")
+    mode = executor or ("pool" if workers > 1 else "serial")
+    if mode not in EXECUTORS:
+        raise UsageError(f"unknown executor {mode!r}; valid executors: {', '.join(EXECUTORS)}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"--threads must be a positive integer, got {threads!r}")
+    if mode == "serial" and workers > 1:
+        raise UsageError(f"--workers {workers} runs combinations in worker processes: give --executor pool or "
+                         f"submitit, not serial")
     path = Path(grid_file)
     try:
         grid = yaml.safe_load(path.read_text())
@@ -840,35 +872,124 @@ def sweep(grid_file: str, profile: str | None = None, only: Sequence[str | int] 
     rows = [{**combo, **({} if "seed" in combo else {"seed": plan.seed}), "status": "not run",
              "run_dir": str(plan.out)} for combo, plan in zip(combos, plans)]
     failures = []
-    for k, (combo, plan) in enumerate(zip(combos, plans)):
-        print(f"== sweep {k + 1}/{len(combos)}: {combo} -> {plan.out.name}")
-        before = _results_snapshot(plan.out)
-        try:
-            _start_run_dir(plan)
-            _execute(plan, f"python -m simo_lite.course sweep {grid_file} (combination {combo})")
-        except (NotebookFailed, UsageError) as e:   # marked in the table; the other combinations still run
-            message = getattr(e, "message", str(e))
-            rows[k]["status"] = "failed: " + message.splitlines()[0]
+    tables: dict[int, list[str]] = {}         # the results tables each finished run wrote
+
+    def record(k: int, outcome: tuple[dict, str, list[str]]) -> None:
+        update, message, written = outcome
+        rows[k].update(update)
+        if message:                 # marked in the table; the other combinations still run
             failures.append(message.splitlines()[0])
             print(message, file=sys.stderr)
-        except KeyboardInterrupt as e:
-            rows[k]["status"] = "interrupted"
-            with _no_sigint():
-                table = _write_sweep_table(base, rows)
-            raise KeyboardInterrupt(f"{e or 'interrupted'}; the sweep table of the finished runs: {table}") from None
-        else:
-            flat = {}
-            after = _results_snapshot(plan.out)
-            for name in sorted(n for n, st in after.items() if before.get(n) != st):  # written by this run only
-                f = plan.out / "results" / name
-                _flatten(json.loads(f.read_text()), f.stem, flat)
-            rows[k].update(status="ok", **{n: v for n, v in flat.items() if collect in n})
-        table = _write_sweep_table(base, rows)
+        tables[k] = written
+
+    table = base / "sweep.md"
+    if mode == "serial":
+        from .executor import pinned_threads
+        for k, (combo, plan) in enumerate(zip(combos, plans)):
+            print(f"== sweep {k + 1}/{len(combos)}: {combo} -> {plan.out.name}")
+            try:
+                with pinned_threads(threads):
+                    outcome = _run_combination(plan, f"python -m simo_lite.course sweep {grid_file} "
+                                                     f"(combination {combo})", collect)
+            except KeyboardInterrupt as e:
+                rows[k]["status"] = "interrupted"
+                with _no_sigint():
+                    table = _write_sweep_table(base, rows)
+                raise KeyboardInterrupt(f"{e or 'interrupted'}; the sweep table of the finished runs: {table}") from None
+            record(k, outcome)
+            table = _write_sweep_table(base, rows)
+    else:
+        table = _sweep_in_workers(grid_file, combos, plans, rows, base, collect, record, mode, workers, threads)
     print(table.read_text())
+    _collect_sweep(path.stem, plans, rows, tables)
     if failures:
         raise NotebookFailed(f"{len(failures)} of {len(combos)} sweep runs failed (table: {table}):\n  "
                              + "\n  ".join(failures), base)
     return base
+
+
+def _run_combination(plan: _Plan, command: str, collect: str = "", log: bool = False) -> tuple[dict, str, list[str]]:
+    """Run one sweep combination into its folder: (its table row's update: status and the collected
+    results, the failure message or "", the ``table-*.json`` files it wrote). ``log``: the notebooks'
+    output goes to ``<run folder>/sweep.log`` (a worker process). Module-level: a job for the executors."""
+    import contextlib
+    before = _results_snapshot(plan.out)
+    try:
+        _start_run_dir(plan)
+        with contextlib.ExitStack() as stack:
+            if log:
+                out = stack.enter_context(open(plan.out / "sweep.log", "w", buffering=1))
+                stack.enter_context(contextlib.redirect_stdout(out))
+                stack.enter_context(contextlib.redirect_stderr(out))
+            _execute(plan, command)
+    except (NotebookFailed, UsageError) as e:
+        message = getattr(e, "message", str(e))
+        return {"status": "failed: " + message.splitlines()[0]}, message, []
+    flat: dict = {}
+    after = _results_snapshot(plan.out)
+    written = sorted(n for n, st in after.items() if before.get(n) != st)     # written by this run only
+    for name in written:
+        f = plan.out / "results" / name
+        _flatten(json.loads(f.read_text()), f.stem, flat)
+    return ({"status": "ok", **{n: v for n, v in flat.items() if collect in n}}, "",
+            [n for n in written if n.startswith("table-")])
+
+
+def _sweep_in_workers(grid_file: str, combos: list[dict], plans: list[_Plan], rows: list[dict], base: Path,
+                      collect: str, record, mode: str, workers: int, threads: int | None) -> Path:
+    """The combinations as jobs of :func:`simo_lite.classroom.executor.run_jobs`; the table is rewritten
+    as each one finishes. Returns the table's path."""
+    from .executor import Job, default_threads, run_jobs
+    threads = default_threads(workers) if threads is None else threads
+    print(f"== sweep on {mode}: {min(workers, len(combos))} at a time, {threads} thread{'s' if threads != 1 else ''} "
+          f"each; each run's notebook output in <run folder>/sweep.log")
+    jobs = [Job(_run_combination, (plan, f"python -m simo_lite.course sweep {grid_file} (combination {combo})",
+                                   collect, True), name=plan.out.name) for combo, plan in zip(combos, plans)]
+    finished = []
+    table = base / "sweep.md"
+
+    def done(k: int, job: Job, result) -> None:
+        nonlocal table
+        finished.append(k)
+        if isinstance(result, BaseException):       # the job itself broke (its worker died, ...)
+            message = f"{plans[k].out.name}: {type(result).__name__}: {result}".strip()
+            result = ({"status": "failed: " + message.splitlines()[0]}, message, [])
+        print(f"== sweep {len(finished)}/{len(combos)} done: {combos[k]} -> {plans[k].out.name}: "
+              f"{result[0]['status'].splitlines()[0]}")
+        record(k, result)
+        table = _write_sweep_table(base, rows)
+
+    try:
+        run_jobs(jobs, executor=mode, workers=workers, threads=threads, folder=base / ".submitit", on_done=done)
+    except KeyboardInterrupt as e:
+        for k in range(len(rows)):
+            if k not in finished:
+                rows[k]["status"] = "interrupted"
+        with _no_sigint():
+            table = _write_sweep_table(base, rows)
+        raise KeyboardInterrupt(f"{e or 'interrupted'}; the sweep table of the finished runs: {table}") from None
+    return table
+
+
+def _collect_sweep(name: str, plans: list[_Plan], rows: list[dict], tables: dict[int, list[str]]) -> Path | None:
+    """The results tables the sweep's runs wrote, in ``<runs folder>/sweeps/<name>/`` (nothing when
+    none wrote one): :func:`simo_lite.multiseed.write_collection`."""
+    from .. import multiseed, report
+    tidy = []
+    for k, written in sorted(tables.items()):
+        if not written or rows[k]["status"] != "ok":
+            continue
+        plan = plans[k]
+        label = run_label(plan.profile, plan.seed, plan.dataset, params=plan.params)
+        for records, names in multiseed.read_tables(plan.out, written):
+            tidy += report.tidy_rows(records, run=label, seed=plan.seed, metric_names=names)
+    if not tidy:
+        return None
+    folder = runs_root() / multiseed.COLLECTION_DIR / name
+    paths = multiseed.write_collection(tidy, folder, title=f"sweep {name}")
+    print(f"collected {len(tidy)} tidy rows of {sum(1 for w in tables.values() if w)} runs in {folder}: "
+          f"{', '.join(paths)}")
+    return folder
 
 
 def _write_sweep_table(base: Path, rows: list[dict]) -> Path:
@@ -890,6 +1011,7 @@ def _flatten(obj, prefix: str, out: dict) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of ``python -m simo_lite.course``: ``run`` the notebooks in order or ``sweep`` a YAML
     grid; exits with status 2 on a usage error, 1 when a notebook fails, 130 when interrupted."""
+    from .executor import EXECUTORS
     ap = argparse.ArgumentParser(prog="python -m simo_lite.course", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="execute the course notebooks in order")
@@ -909,6 +1031,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     s.add_argument("--run-dir", default=None, help="the sweep's folder (default: <runs folder>/sweep-<grid name>)")
     s.add_argument("--runs-root", default=None, help="folder of the run folders (default: $SIMO_LITE_RUNS or runs/)")
     s.add_argument("--yes", action="store_true", help=f"run a grid of more than {SWEEP_CONFIRM_RUNS} combinations")
+    s.add_argument("--workers", type=int, default=1, help="combinations run at a time, in worker processes "
+                                                          "(default 1: one after the other, in this process)")
+    s.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads of each run (default: the "
+                                                             "cores shared between the workers)")
+    s.add_argument("--executor", default=None, choices=EXECUTORS,
+                   help="serial (this process), pool (local worker processes) or submitit (Slurm, else "
+                        "submitit's local executor); default: serial for one worker, else pool")
     args = ap.parse_args(argv)
     try:
         if args.runs_root:
@@ -918,7 +1047,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             params = {k: _coerce(v, defaults.get(k)) for k, v in args.p}
             run(args.profile, args.seed, args.only, params, args.run_dir, args.timeout)
         else:
-            sweep(args.grid, args.profile, args.only, args.collect, args.run_dir, args.yes)
+            sweep(args.grid, args.profile, args.only, args.collect, args.run_dir, args.yes, workers=args.workers,
+                  threads=args.threads, executor=args.executor)
     except UsageError as e:
         print(f"{ap.prog} {args.cmd}: error: {e}", file=sys.stderr)
         sys.exit(2)
