@@ -556,7 +556,30 @@ def bench_md(b: dict | None, path: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # Document
 # ----------------------------------------------------------------------------------------------
-def render(run_dirs: list[tuple[str, str]], bench_path: str, paper_path: str, argv_text: str) -> tuple[str, dict]:
+def decodability_md(path: str | Path) -> list[str]:
+    """The go / no-go section (docs/preregistration.md, section 1): the probe table of
+    ``benchmarks.decodability`` from its JSON, with the measured margins; "not run" without it."""
+    from benchmarks import decodability
+    out = ["## Go / no-go: does the foundation create the paper's regime?", "",
+           "Pre-registered in [preregistration.md](preregistration.md) (section 1) before the runs. Appearance-level "
+           "targets must be *less* decodable from the frozen foundation than from their own experts (G1), the "
+           "merge should lie between the two (G2), and the geometric targets must keep what pretraining gave "
+           "them (G3: foundation better than random).", ""]
+    result = load_json(path)
+    if not isinstance(result, dict) or "metrics" not in result:
+        return out + [f"{NOT_RUN}: `{path}` not found. Produce it with `python -m benchmarks.decodability`.", ""]
+    out += [decodability.markdown(result), ""]
+    g1 = {t: v["G1_expert_better"] for t, v in result["verdicts"].items() if "G1_expert_better" in v}
+    g3 = {t: v["invariant_vs_random"] > 0 for t, v in result["verdicts"].items() if t in decodability.GEOMETRIC}
+    out += [f"Measured on one seed ({result['seed']}), so these are margins, not yet verdicts (a verdict needs "
+            f"2 SD across ≥ 3 seeds): G1 holds in direction for {sum(g1.values())} of {len(g1)} targets with an "
+            f"expert ({', '.join(t for t, ok in g1.items() if ok) or 'none'}); G3 for "
+            f"{sum(g3.values())} of {len(g3)} geometric targets.", ""]
+    return out
+
+
+def render(run_dirs: list[tuple[str, str]], bench_path: str, paper_path: str, argv_text: str,
+           decodability_path: str | Path = "runs/bench/decodability-cpu-0.json") -> tuple[str, dict]:
     """The whole document and the claim results per profile (``{profile: [claim dict]}``).
 
     ``run_dirs``: ``[(profile, run dir)]``; ``argv_text``: the command shown in the header. Paths under
@@ -574,6 +597,7 @@ def render(run_dirs: list[tuple[str, str]], bench_path: str, paper_path: str, ar
              "Δm (ratio) = mean per-task normalised performance − 1 against the experts (the form the paper's "
              "tables print); Δm (Eq. 2) is the paper's formula, shown alongside.", ""]
     reading, items = reading_md(runs, paper)
+    lines += decodability_md(decodability_path)
     lines += our_results_md([r for r in runs_all if r["sets"] or r["profile"] == "cpu"])
     lines += reading
     lines += cost_md(runs, paper)
@@ -591,6 +615,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     ap.add_argument("--bench", default="runs/bench/bench.json")
     ap.add_argument("--paper", default=str(PAPER_TABLES))
     ap.add_argument("--out", default="docs/results.md")
+    ap.add_argument("--decodability", default="runs/bench/decodability-cpu-0.json",
+                    help="the go / no-go probes (python -m benchmarks.decodability)")
     args = ap.parse_args(argv)
     shown = ["python benchmarks/render_results.py", "--run-dir", args.run_dir, "--bench", args.bench]
     if args.gpu_run_dir != "runs/gpu-0":
@@ -598,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     run_dirs = [("cpu", args.run_dir)]
     if Path(args.gpu_run_dir).exists():
         run_dirs.append(("gpu", args.gpu_run_dir))
-    doc, _ = render(run_dirs, args.bench, args.paper, " ".join(shown))
+    doc, _ = render(run_dirs, args.bench, args.paper, " ".join(shown), args.decodability)
     out = write_text_atomic(Path(args.out), doc)
     print(f"wrote {out} ({len(doc.splitlines())} lines)")
     return doc

@@ -275,7 +275,8 @@ def test_paper_tables_are_consistent():
 def _render(tmp_path, run_dir, bench_path):
     out = tmp_path / "results.md"
     doc = render_results.main(["--run-dir", str(run_dir), "--gpu-run-dir", str(tmp_path / "no-gpu"),
-                               "--bench", str(bench_path), "--out", str(out)])
+                               "--bench", str(bench_path), "--out", str(out),
+                               "--decodability", str(tmp_path / "no-decodability.json")])
     assert out.read_text() == doc
     return doc
 
@@ -332,7 +333,7 @@ def test_render_with_missing_inputs(tmp_path):
     doc = _render(tmp_path, tmp_path / "no-such-run", tmp_path / "no-bench.json")
     ours = doc.split("## Reading")[0]
     from simo_lite.tasks import TASK_SETS
-    assert ours.count("not run") == len(TASK_SETS)                      # one per task set (nyu3, diverse5, ...)
+    assert ours.count("not run") == len(TASK_SETS) + 1                  # one per task set, and the go / no-go
     assert "python -m simo_lite.experiment --profile cpu --tasks nyu3" in ours
     bench_part = doc.split("## Benchmarks")[1].split("## The paper's tables")[0]
     assert "not run" in bench_part and "make bench" in bench_part
@@ -341,3 +342,25 @@ def test_render_with_missing_inputs(tmp_path):
     doc = render_results.render([("cpu", str(tmp_path / "none"))], str(tmp_path / "none.json"),
                                 str(tmp_path / "no-paper.json"), "test")[0]
     assert "not run" in doc.split("## The paper's tables")[1]
+
+
+def test_decodability_section_from_json_and_missing(tmp_path):
+    from benchmarks import decodability
+    metrics = {"random": {"texture_edges": 0.30, "depth": 1.5}, "SimMIM foundation": {"texture_edges": 0.50, "depth": 1.0},
+               "invariant foundation": {"texture_edges": 0.35, "depth": 0.9},
+               "expert texture_edges": {"texture_edges": 0.70, "depth": 1.2}, "expert depth": {"texture_edges": 0.4, "depth": 0.5},
+               "TA merge (α=0.4)": {"texture_edges": 0.50, "depth": 0.7}}
+    lower = {"texture_edges": False, "depth": True}
+    v = decodability.verdicts(metrics, lower, ("texture_edges", "depth"))
+    assert v["texture_edges"]["expert_vs_invariant"] == pytest.approx((0.70 - 0.35) / 0.35)
+    assert v["texture_edges"]["G1_expert_better"] and v["texture_edges"]["G2_merge_between"]
+    assert v["depth"]["invariant_vs_random"] == pytest.approx((1.5 - 0.9) / 1.5)
+    assert v["texture_edges"]["invariant_vs_simmim"] == pytest.approx((0.35 - 0.50) / 0.50)
+    result = {"profile": "cpu", "seed": 0, "probe_steps": 150, "merge_tasks": ["texture_edges", "depth"],
+              "targets": ["texture_edges", "depth"], "metrics": metrics, "lower_is_better": lower, "verdicts": v}
+    path = tmp_path / "dec.json"
+    path.write_text(json.dumps(result))
+    text = "\n".join(render_results.decodability_md(path))
+    assert "| invariant foundation | 0.3500 | 0.9000 |" in text and "+100.0 %" in text
+    assert "G1 holds in direction for 2 of 2 targets" in text
+    assert "not run" in "\n".join(render_results.decodability_md(tmp_path / "none.json"))
