@@ -284,7 +284,8 @@ def pretrain_info(path: str | Path) -> dict:
     side = path.with_suffix(".json")
     if side.exists():
         try:
-            info.update(st.read_json_file(side).get("info", {}))
+            record = st.read_json_file(side)
+            info.update(record.get("info", record.get("pretraining", {})))   # run-dir record, or a shipped manifest
         except (st.ArtifactError, AttributeError):
             pass
     return info
@@ -438,12 +439,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "threads": torch.get_num_threads()}
     else:
         state, info = pretrain(profile, seed=args.seed, device=device, data=data)
+    # the weights first: nothing computed is lost if anything below fails
+    ckpt.save_tensors(state, out, metadata={"config_hash": h, "config": json.dumps(cfg, sort_keys=True)})
+    info.setdefault("params", sum(v.numel() for k, v in state.items() if v.is_floating_point()))
+    info.setdefault("steps", profile.foundation_steps)
     print(f"pretrained {info['params']:,} parameters, {info['steps']} SimMIM steps"
           + (f" + {profile.invariance_steps} invariance steps" if profile.invariance_steps else "")
           + f" in {info['wall_s']:.0f} s; masked-patch L1 {info['loss_first']:.3f} -> {info['loss_last']:.3f}"
           + (f"; invariance loss {info['invariance']['loss_first']:.3f} -> {info['invariance']['loss_last']:.3f}"
              if "invariance" in info else ""))
-    ckpt.save_tensors(state, out, metadata={"config_hash": h, "config": json.dumps(cfg, sort_keys=True)})
     t0 = time.perf_counter()
     probes = probe_comparison(profile, state, tasks=args.probe_tasks, seed=args.seed, device=device, data=data)
     probe_s = time.perf_counter() - t0
