@@ -32,7 +32,7 @@ def runtime_cell(name: str, smoke: dict, cpu: dict, date: str) -> str:
         "| profile | encoder | measured runtime of this notebook |", "|---|---|---|",
         f"| `smoke` | {ENCODERS['smoke']} | {cell(smoke, 'smoke')} |",
         f"| `cpu` | {ENCODERS['cpu']} | {cell(cpu, 'cpu')} (the whole course: {cpu_total / 60:.1f} min) |",
-        f"| `gpu` | {ENCODERS['gpu']} | not measured: no GPU was available to the project yet |", "",
+        f"| `gpu` | {ENCODERS['gpu']} | not measured yet |", "",
         f"Measured on {date} with `python -m simo_lite.course run --profile <profile>` (all notebooks in order, "
         "kernel start-up included) on a 2-core CPU. Each notebook loads what earlier ones stored in the run "
         "directory (models, α sweeps, realigned models, table rows); run alone on a fresh run directory it "

@@ -15,7 +15,8 @@ from .scenes import CLASSES
 from .tasks import get_task, get_tasks
 from .types import Split, Tasks
 
-__all__ = ["sample_grid", "prediction_grid", "class_frequencies", "metric_curve", "heatmap", "delta_m_bars"]
+__all__ = ["sample_grid", "prediction_grid", "class_frequencies", "metric_curve", "heatmap", "delta_m_bars",
+           "simo_diagram", "merged_under_heads_diagram", "budget_tries"]
 
 
 def _rows(n: int, available: int) -> int:
@@ -151,5 +152,178 @@ def delta_m_bars(tidy: Sequence[dict], kind: str = "ratio", title: str = "") -> 
         label.set_horizontalalignment("right")
     ax.legend(fontsize=8, title="")
     ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Diagrams (drawn, no data): the SIMO model, and the merged encoder under the experts' heads
+# ----------------------------------------------------------------------------------------------
+_BLOCK, _TAP, _HEAD, _OUT, _IMG = "#c6dbef", "#fd8d3c", "#a1d99b", "#f0f0f0", "#dadaeb"
+_EXPERT, _MERGED, _BAD = "#9ecae1", "#fdae6b", "#d62728"
+
+
+def _tex(name: str) -> str:
+    """A task name inside mathtext (``\\mathrm{...}``, underscores escaped)."""
+    return r"\mathrm{" + name.replace("_", r"\_") + "}"
+
+
+def _box(ax, x: float, y: float, w: float, h: float, text: str, color: str, fontsize: float = 8,
+         **kw: object) -> None:
+    """A rounded box with lower-left corner (x, y) and ``text`` at its centre."""
+    from matplotlib.patches import FancyBboxPatch
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08", facecolor=color,
+                                edgecolor=kw.pop("edgecolor", "black"), linewidth=kw.pop("linewidth", 0.8), **kw))
+    if text:
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize)
+
+
+def _arrow(ax, start: tuple[float, float], end: tuple[float, float], color: str = "black", lw: float = 1.0,
+           ls: str = "-", rad: float = 0.0) -> None:
+    """An arrow from ``start`` to ``end`` (data coordinates)."""
+    ax.annotate("", xy=end, xytext=start,
+                arrowprops=dict(arrowstyle="-|>", color=color, lw=lw, linestyle=ls, shrinkA=0, shrinkB=0,
+                                connectionstyle=f"arc3,rad={rad}"))
+
+
+def simo_diagram(tasks: Tasks, depth: int = 12, taps: Sequence[int] | None = None, title: str = "") -> Figure:
+    """The SIMO model as a diagram: one image -> one shared encoder (``depth`` blocks, the tapped ones
+    highlighted) -> one head per task -> one dense output per task.
+
+    ``taps``: 0-based indices of the blocks the heads read (default: 4 evenly spaced blocks, the last
+    included, as the course's encoders)."""
+    from matplotlib.patches import Patch
+    from .profiles import evenly_spaced_taps
+    tasks = get_tasks(tasks)
+    taps = tuple(evenly_spaced_taps(depth) if taps is None else taps)
+    if not taps or any(not 0 <= i < depth for i in taps):
+        raise ValueError(f"taps must be block indices in 0..{depth - 1}, got {taps}")
+    n = len(tasks)
+    height = max(4.0, 1.0 * n + 1.2)
+    mid = height / 2
+    fig, ax = plt.subplots(figsize=(11, 0.55 * height + 1.4))
+    ax.set_xlim(-0.1, 11.4)
+    ax.set_ylim(-0.6, height + 0.5)
+    ax.axis("off")
+
+    _box(ax, 0.0, mid - 0.6, 1.3, 1.2, "input image\n$x$\n(3, H, W)", _IMG)
+    x0, x1 = 1.9, 6.1                                        # the encoder's blocks span [x0, x1]
+    step = (x1 - x0) / depth
+    bh = 2.2
+    for i in range(depth):
+        tapped = i in taps
+        _box(ax, x0 + i * step + 0.08 * step, mid - bh / 2, 0.84 * step, bh, "", _TAP if tapped else _BLOCK,
+             linewidth=1.4 if tapped else 0.6)
+        ax.text(x0 + (i + 0.5) * step, mid - bh / 2 - 0.22, str(i + 1), ha="center", va="top", fontsize=6.5,
+                fontweight="bold" if tapped else "normal")
+    ax.text((x0 + x1) / 2, mid + bh / 2 + 0.4, r"one shared encoder $f_\theta$ (ViT blocks)", ha="center",
+            fontsize=9)
+    ax.text((x0 + x1) / 2, mid - bh / 2 - 0.6, "block", ha="center", fontsize=7, color="dimgray")
+    _arrow(ax, (1.3, mid), (x0 + 0.08 * step, mid))
+
+    fx = 6.6                                                 # the features: the tapped blocks stacked
+    _box(ax, fx, mid - 0.8, 1.15, 1.6, f"features\n$F$\n({len(taps)} taps,\n2C channels)", _TAP, fontsize=7)
+    bus = mid + bh / 2 + 0.2
+    for i in taps:
+        cx = x0 + (i + 0.5) * step
+        ax.plot([cx, cx], [mid + bh / 2, bus], color=_TAP, lw=1.2)
+    ax.plot([x0 + (taps[0] + 0.5) * step, fx + 0.575], [bus, bus], color=_TAP, lw=1.2)
+    _arrow(ax, (fx + 0.575, bus), (fx + 0.575, mid + 0.8), color=_TAP, lw=1.2)
+
+    ys = [height - 0.6 - k * (height - 1.2) / max(n - 1, 1) for k in range(n)] if n > 1 else [mid]
+    for t, y in zip(tasks, ys):
+        _box(ax, 8.3, y - 0.35, 1.25, 0.7, f"{t} head\n$h_{{{_tex(t)}}}$", _HEAD, fontsize=7.5)
+        _arrow(ax, (fx + 1.15, mid), (8.3, y), lw=0.9)
+        _box(ax, 10.0, y - 0.35, 1.35, 0.7, f"{t} map\n({get_task(t).channels}, H, W)", _OUT, fontsize=7.5)
+        _arrow(ax, (9.55, y), (10.0, y), lw=0.9)
+    handles = [Patch(facecolor=_BLOCK, edgecolor="black", label="transformer block"),
+               Patch(facecolor=_TAP, edgecolor="black", label="tapped block (read by every head)"),
+               Patch(facecolor=_HEAD, edgecolor="black", label="task head (one per task)"),
+               Patch(facecolor=_OUT, edgecolor="black", label="dense output (one per task)")]
+    ax.legend(handles=handles, loc="lower left", fontsize=7.5, ncol=4, frameon=False, bbox_to_anchor=(0.0, -0.12))
+    ax.set_title(title or f"SIMO: one image, one encoder, {n} heads ({', '.join(tasks)})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def merged_under_heads_diagram(tasks: Tasks, title: str = "") -> Figure:
+    """Merging in SIMO as a diagram. Left: each expert's encoder θ_t with its own head φ_t (trained
+    together). Middle: their task vectors τ_t = θ_t − θ₀ summed into one merged encoder θ₀ + α Σ_t τ_t.
+    Right: that merged encoder feeds all the experts' heads, each trained on another encoder's features
+    (the mismatch, marked with a red cross)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    tasks = get_tasks(tasks)
+    n = len(tasks)
+    height = max(4.0, 1.05 * n + 0.8)
+    mid = height / 2
+    ys = [height - 0.6 - k * (height - 1.2) / max(n - 1, 1) for k in range(n)] if n > 1 else [mid]
+    fig, ax = plt.subplots(figsize=(12, 0.6 * height + 1.6))
+    ax.set_xlim(-0.1, 12.3)
+    ax.set_ylim(-0.8, height + 0.6)
+    ax.axis("off")
+
+    ax.text(1.45, height + 0.3, "experts: each encoder with its own head", ha="center", fontsize=9)
+    for t, y in zip(tasks, ys):
+        _box(ax, 0.0, y - 0.32, 1.15, 0.64, f"{t} head\n$\\phi_{{{_tex(t)}}}$", _HEAD, fontsize=7.5)
+        _box(ax, 1.6, y - 0.32, 1.3, 0.64, f"expert encoder\n$\\theta_{{{_tex(t)}}}$", _EXPERT, fontsize=7.5)
+        _arrow(ax, (1.6, y), (1.15, y), color="tab:green", lw=1.6)
+        ax.text(1.375, y + 0.4, "fits", ha="center", fontsize=6.5, color="tab:green")
+        _arrow(ax, (2.9, y), (5.0, mid + 0.35 * (y - mid) / max(height / 2, 1)), color="dimgray", lw=0.9, ls="--")
+    ax.text(3.95, ys[0] + 0.45, r"task vectors $\tau_t = \theta_t - \theta_0$", ha="center",
+            fontsize=8, color="dimgray")
+    _box(ax, 5.0, mid - 0.75, 2.0, 1.5, "merged encoder\n" + r"$\theta_0 + \alpha\,\Sigma_t\,\tau_t$", _MERGED,
+         fontsize=8.5)
+    ax.text(6.0, mid - 1.0, "one encoder for all tasks", ha="center", va="top", fontsize=7.5)
+
+    ax.text(9.6, height + 0.3, "the experts' heads, kept as they were", ha="center", fontsize=9)
+    for t, y in zip(tasks, ys):
+        _arrow(ax, (7.0, mid), (8.6, y), color=_BAD, lw=1.2)
+        ax.plot([8.25], [mid + (y - mid) * 1.25 / 1.6], marker="X", color=_BAD, markersize=8, linestyle="none")
+        _box(ax, 8.6, y - 0.32, 1.2, 0.64, f"{t} head\n$\\phi_{{{_tex(t)}}}$", _HEAD, fontsize=7.5,
+             edgecolor=_BAD, linewidth=1.5)
+        _box(ax, 10.3, y - 0.32, 1.9, 0.64, f"{t} output, read from\nfeatures this head\nwas not trained on", _OUT,
+             fontsize=6.5)
+        _arrow(ax, (9.8, y), (10.3, y), lw=0.8)
+    handles = [Patch(facecolor=_EXPERT, edgecolor="black", label=r"expert encoder $\theta_t$"),
+               Patch(facecolor=_MERGED, edgecolor="black", label=r"merged encoder $\theta_0 + \alpha\,\Sigma_t\,\tau_t$"),
+               Patch(facecolor=_HEAD, edgecolor="black", label=r"task head $\phi_t$ (from its expert)"),
+               Line2D([], [], color="tab:green", lw=1.6, label="trained together: aligned"),
+               Line2D([], [], color="dimgray", lw=0.9, ls="--", label=r"task vector $\tau_t$ into the sum"),
+               Line2D([], [], color=_BAD, lw=1.2, marker="X", label="merged features into an expert head: mismatch")]
+    ax.legend(handles=handles, loc="lower left", fontsize=7.5, ncol=3, frameon=False, bbox_to_anchor=(0.0, -0.16))
+    ax.set_title(title or f"merging {n} experts ({', '.join(tasks)}): one merged encoder under every expert head",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def budget_tries(history: Sequence[dict], reference: float | None = None, title: str = "") -> Figure:
+    """The budgets tried so far against their validation Δm: one point per try (x: validation images
+    used, colour: steps per head, the try's number beside it), and the merged model's validation Δm as
+    a dashed line (``reference``, a fraction).
+
+    ``history``: one dict per try with ``samples``, ``steps_per_head`` and ``val_delta_m`` (a fraction)."""
+    if not history:
+        raise ValueError("budget_tries: no tries to plot yet")
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    steps = sorted({h["steps_per_head"] for h in history})
+    colors = plt.get_cmap("viridis")(np.linspace(0.1, 0.85, len(steps)))
+    for s, color in zip(steps, colors):
+        pts = [(k, h) for k, h in enumerate(history, 1) if h["steps_per_head"] == s]
+        ax.scatter([h["samples"] for _, h in pts], [100 * h["val_delta_m"] for _, h in pts], color=color, s=36,
+                   zorder=3, label=f"{s} steps per head")
+        for k, h in pts:
+            ax.annotate(f"#{k}", (h["samples"], 100 * h["val_delta_m"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+    if reference is not None:
+        ax.axhline(100 * reference, color="grey", ls="--", lw=1, label="merged model, no realignment")
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("validation images used for realignment")
+    ax.set_ylabel("validation Δm vs experts (%, ratio)")
+    ax.set_title(title or f"head realignment: your {len(history)} budget tr{'y' if len(history) == 1 else 'ies'}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -10,8 +10,9 @@ opens it in the browser, runs every cell through Lab's own command ``notebook:ru
   by the kernel, then shows the new α and a new figure; the dropdown switches the method to TIES and
   the Output follows;
 - 05: the budget widget (``interact_manual``: two sliders and a "Run Interact" button) renders; a
-  click computes Δm at the default budget, ArrowLeft on the "val images" slider then a second click
-  recomputes it on one image fewer, as the Output's text shows.
+  click computes the validation Δm at the default budget (never the test split) and draws the history
+  of tries, ArrowLeft on the "val images" slider then a second click recomputes it on one image fewer,
+  as the Output's text shows ("try 2"), with the history figure redrawn and no echoed return value.
 
 The kernel runs without ``CI`` / ``SIMO_LITE_QUIET`` (both turn the widgets off, like progress bars).
 Screenshots go to the test's tmp dir and are copied to ``runs/ui/``; their paths are printed.
@@ -306,7 +307,9 @@ def test_budget_slider_in_jupyterlab(lab, browser_context, tmp_path):
     button.click()                                                            # interact_manual: runs on click
     expect(output).to_contain_text(f"{n0} val images, {s0} steps per head", timeout=WIDGET_TIMEOUT_S * 1000)
     first = output.inner_text()
-    assert "test Δm" in first, first
+    assert "try 1:" in first and "validation Δm" in first and "test Δm" not in first, first
+    expect(output.locator("img").first).to_be_visible(timeout=WIDGET_TIMEOUT_S * 1000)   # the history figure
+    assert not any(re.fullmatch(r"-?\d+(\.\d+)?(e-?\d+)?", line.strip()) for line in first.splitlines()), first
 
     _press_on_handle(samples, "ArrowLeft")                                    # one image fewer (starts at max)
     expect(samples.locator(".widget-readout")).to_have_text(str(n0 - 1))
@@ -314,6 +317,8 @@ def test_budget_slider_in_jupyterlab(lab, browser_context, tmp_path):
     expect(output).to_contain_text(f"{n0 - 1} val images, {s0} steps per head", timeout=WIDGET_TIMEOUT_S * 1000)
     second = output.inner_text()
     assert f"{n0} val images" not in second, second                          # replaced, not appended
+    assert "try 2:" in second and "validation Δm" in second, second          # the history keeps counting
+    expect(output.locator("img").first).to_be_visible()
     budget.scroll_into_view_if_needed()
     _shot(page, tmp_path, "05_budget_moved", shots)
     _shot(budget, tmp_path, "05_budget_moved_widget", shots)

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from ..types import Tasks
 
 __all__ = ["Course", "setup", "notebooks", "run", "sweep", "default_run_dir", "runs_root", "atomic_write_text",
-           "UsageError", "NotebookFailed", "REPO", "NOTEBOOK_BUDGET_S"]
+           "interactive_kernel", "UsageError", "NotebookFailed", "REPO", "NOTEBOOK_BUDGET_S"]
 
 # REPO and NOTEBOOK_DIR (simo_lite.paths) are re-exported here: course.REPO keeps working
 # per-notebook time limits (seconds) by profile, enforced by the runner
@@ -114,6 +114,35 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (:func:`simo_lite.atomic.write_text`, the one writer): a
     reader, or a run interrupted half-way, sees the old file or the new one, never a part."""
     return write_text(path, text)
+
+
+def interactive_kernel() -> bool:
+    """Whether a notebook's widgets have a live front end to talk to; independent of ``show_progress``.
+
+    True in an IPython kernel driven by a notebook front end (JupyterLab, Jupyter Notebook, VS Code):
+    they send each cell with ``allow_stdin=True``, since a person can answer ``input()``. False under
+    batch execution, papermill (the course runner), nbclient and ``jupyter nbconvert --execute``, which
+    send ``allow_stdin=False`` (no one is there to answer, and no one to move a slider); False as well
+    when ``CI`` or ``SIMO_LITE_QUIET`` is set (:data:`simo_lite.progress.QUIET_VARIABLES`), outside an
+    IPython kernel (a plain Python or terminal IPython session) and when ipywidgets is not installed.
+    Notebooks call it once and, when it is False, show the static figure instead of the widgets."""
+    import importlib.util
+
+    from ..progress import QUIET_VARIABLES
+    if any(os.environ.get(v) for v in QUIET_VARIABLES):
+        return False
+    if importlib.util.find_spec("IPython") is None or importlib.util.find_spec("ipywidgets") is None:
+        return False
+    from IPython import get_ipython
+    kernel = getattr(get_ipython(), "kernel", None)           # None outside a kernel (terminal IPython too)
+    if kernel is None:
+        return False
+    try:
+        parent = kernel.get_parent()                          # the execute request of the running cell
+    except Exception:                                         # an older ipykernel: the shell keeps it
+        parent = getattr(get_ipython(), "parent_header", None)
+    content = parent.get("content", {}) if isinstance(parent, dict) else {}
+    return bool(content.get("allow_stdin", False))
 
 
 # never part of a run's identity: where it goes, how it shows progress, where it computes
