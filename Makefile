@@ -6,6 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= cpu
 
+
+.PHONY: foundation-invariant decodability
 .PHONY: course test venv check-env bench-scenes foundation clean-runs student lab kernel ui-deps test-ui \
         assignment grade
 
@@ -78,6 +80,15 @@ bench-scenes: venv
 
 foundation: venv
 	$(PY) -m simo_lite.foundation --profile cpu --out data/foundation-cpu.safetensors
+
+# the appearance-invariant variant (stage 2 on top of the shipped SimMIM encoder; about 25 min on 2 cores)
+# and the pre-registered go / no-go probes on it (docs/preregistration.md; runs/bench/decodability-cpu-0.*)
+INVARIANCE_STEPS ?= 1000
+foundation-invariant: venv
+	$(PY) -m simo_lite.foundation --profile cpu --invariance-steps $(INVARIANCE_STEPS) \
+	  --out data/foundation-cpu-invariant.safetensors --probe-tasks texture_edges,depth
+decodability: venv
+	$(PY) -m benchmarks.decodability --profile cpu --invariance-steps $(INVARIANCE_STEPS)
 
 clean-runs:
 	rm -rf runs

@@ -20,11 +20,11 @@ from benchmarks.common import REPO, md_table
 
 APPEARANCE = ("texture_edges", "keypoints", "shading", "autoencoder")
 GEOMETRIC = ("depth", "normals")
-FULL = dict(profile="cpu", invariance_steps=2500)
+FULL = dict(profile="cpu", invariance_steps=1000)
 QUICK = dict(profile="smoke", invariance_steps=2, targets=("texture_edges", "depth"), merge_tasks=("depth", "texture_edges"))
 
 
-def run(profile: str = "cpu", invariance_steps: int = 2500, seed: int = 0,
+def run(profile: str = "cpu", invariance_steps: int = 1000, seed: int = 0,
         targets: Sequence[str] = APPEARANCE + GEOMETRIC, merge_tasks: str | Sequence[str] = "taskonomy5",
         run_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
     """Probe every target task on every encoder; returns ``{"metrics": {encoder: {task: test metric}},

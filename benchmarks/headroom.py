@@ -14,11 +14,11 @@ from typing import Any, Sequence
 
 from benchmarks.common import REPO, md_table
 
-FULL = dict(profile="cpu", invariance_steps=2500, tasks=("texture_edges", "keypoints", "shading", "autoencoder"))
+FULL = dict(profile="cpu", invariance_steps=1000, tasks=("texture_edges", "keypoints", "shading", "autoencoder"))
 QUICK = dict(profile="smoke", invariance_steps=0, tasks=("texture_edges",))
 
 
-def run(profile: str = "cpu", invariance_steps: int = 2500, tasks: Sequence[str] = FULL["tasks"],
+def run(profile: str = "cpu", invariance_steps: int = 1000, tasks: Sequence[str] = FULL["tasks"],
         heads: Sequence[str] = ("linear", "conv"), seed: int = 0, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Experts of ``tasks`` with each head in ``heads``: ``{"experts": {head: {task: test metric}},
     "probes": {head: {task: probe metric}}, "params": {head: head parameters}, "wall_s": {head: s}}``.
