@@ -30,14 +30,15 @@ NOTEBOOKS = course.notebooks()
 ALPHA = ("alpha must be a finite number: negative (choose it on the validation split) or a merging coefficient "
          "in [0, 2] (the validation grid is 0.0..1.0), got {}")
 TIES_K = "ties_k must be a number in (0, 1] (the fraction of each task vector TIES keeps), got {}"
-TASKS = ("tasks must be a task set (nyu3 = seg,depth,normals; diverse5 = seg,depth,normals,edges,albedo) or task "
-         "names separated by commas (seg, depth, normals, edges, albedo), got {}")
+TASKS = ("tasks must be a task set (nyu3 = seg,depth,normals; diverse5 = seg,depth,normals,edges,albedo; "
+         "taskonomy5 = autoencoder,depth,normals,keypoints,texture_edges) or task names separated by commas "
+         "(seg, depth, normals, edges, albedo, shading, texture_edges, keypoints, autoencoder), got {}")
 RANK = ("adapter_rank must be an integer in 1..48 (the rank of the realignment adapters, at most the encoder "
         "width 48), got {}")
 REALIGN = "realign_samples must be an integer in 0..32 (0: all 32 val images; N: the first N), got {}"
 N_SHOW = ("n_show must be an integer in 1..32 (images shown from the val or test split, at most the smaller: "
           "val 32, test 32), or 0 for auto (min(4, 32)), got {}")
-MERGE = "merge_method must be one of zeroshot, average, ta, ties, dare, consensus, got {}"
+MERGE = "merge_method must be one of zeroshot, average, ta, ties, ties_k1, dare, consensus, got {}"
 
 # (parameter, bad value, the whole message) in the smoke profile
 ROWS = [
@@ -91,7 +92,7 @@ ROWS = [
 # rows that need another parameter beside the bad one: (parameter, bad value, the others, message)
 CROSS_ROWS = [
     ("compare_tasks", "nyu3", {"tasks": "seg,depth,normals"},
-     "compare_tasks must be another task set than tasks (both are seg, depth, normals); task sets: nyu3, diverse5, "
+     "compare_tasks must be another task set than tasks (both are seg, depth, normals); task sets: nyu3, diverse5, taskonomy5, "
      "or task names separated by commas"),
     ("scatter_task", "edges", {"tasks": "nyu3"},
      "scatter_task must be one of the notebook's tasks (seg, depth, normals), or empty for the first, got 'edges'"),
