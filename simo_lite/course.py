@@ -6,11 +6,9 @@ Kept as ``simo_lite.course`` for the notebooks (``from simo_lite import course``
 """
 from __future__ import annotations
 
-import sys
-
 from .classroom import course as _impl
 from .classroom.course import *  # noqa: F401,F403
-from .classroom.course import __all__, main  # noqa: F401
+from .classroom.course import __all__, cli, main  # noqa: F401
 
 
 def __getattr__(name: str):
@@ -18,8 +16,4 @@ def __getattr__(name: str):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except KeyboardInterrupt:           # Ctrl-C outside the runner's own handling (e.g. while importing)
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    cli()

@@ -68,6 +68,17 @@ def _scenes_version() -> int:
     return VERSION
 
 
+def _step(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+          loss: torch.Tensor) -> float:
+    """One optimiser step of a pretraining stage (gradients clipped to norm 1); returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 # ----------------------------------------------------------------------------------------------
 # Stage 2: appearance invariance (dense VICReg on two looks of the same scenes)
 # ----------------------------------------------------------------------------------------------
@@ -170,12 +181,7 @@ def invariance_stage(profile: P.Profile, init: StateDict, seed: int = 0, device:
         a, b = (render(index, profile.image_size, seed, view=v, max_objects=profile.max_objects)["image"]
                 for v in views)
         loss, t = model(a.to(device), b.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(_step(model, opt, sched, loss))
         terms.append(t)
         if hasattr(it, "set_postfix") and step % 20 == 0:
             it.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -215,14 +221,22 @@ class MaskedReconstruction(nn.Module):
 
 
 def pretrain(profile: P.Profile, seed: int = 0, device: Device = "cpu", progress: bool | None = None,
-             data: Splits | None = None) -> tuple[StateDict, dict]:
+             data: Splits | None = None, stage1: tuple[StateDict, dict] | None = None) -> tuple[StateDict, dict]:
     """Pretrain a foundation encoder; returns (encoder state dict, info).
 
     ``info``: ``loss_first`` / ``loss_last`` (masked-patch L1, first step / mean of the last 20),
-    ``steps``, ``params`` (encoder parameters), ``wall_s`` (seconds) and ``threads`` (torch threads).
+    ``steps``, ``params`` (encoder parameters), ``wall_s`` (seconds) and ``threads`` (torch threads);
+    with ``profile.invariance_steps``, stage 2's record under ``invariance`` (its seconds added to
+    ``wall_s``). ``stage1``: (state, info) of an already pretrained SimMIM stage (a shipped file) to
+    start stage 2 from instead of pretraining it again.
     Independent of torch's global random state (seeded from ``seed``; the global state is restored).
     """
     device = P.resolve_device(device) if isinstance(device, str) else device
+    if stage1 is not None:
+        state, info = stage1
+        info = {"params": sum(v.numel() for v in state.values() if v.is_floating_point()),
+                "steps": profile.foundation_steps, **info}
+        return _stage2(profile, state, info, seed, device, progress)
     data = data or load_data(profile, seed, splits=("train",))
     images = data["train"]["image"]
     encoder = make_encoder(**profile.encoder_config(), seed=seed)
@@ -246,20 +260,24 @@ def pretrain(profile: P.Profile, seed: int = 0, device: Device = "cpu", progress
         batch = images[idx].to(device)
         mask = torch.rand(len(idx), n_patches, generator=g) < profile.mask_ratio
         loss = model(batch, mask.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(_step(model, opt, sched, loss))
     state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
     info = {"loss_first": losses[0], "loss_last": sum(losses[-20:]) / len(losses[-20:]),
             "wall_s": time.perf_counter() - t0, "steps": steps, "params": count_parameters(encoder),
             "threads": torch.get_num_threads()}
-    if profile.invariance_steps:
-        state, inv = invariance_stage(profile, state, seed=seed, device=device, progress=progress)
-        inv.pop("threads")                       # wall-clock stays out of the checkpoint's metadata
-        info = {**info, "wall_s": info["wall_s"] + inv.pop("wall_s"), "invariance": inv}
+    return _stage2(profile, state, info, seed, device, progress)
+
+
+def _stage2(profile: P.Profile, state: StateDict, info: dict, seed: int, device: torch.device,
+            progress: bool | None) -> tuple[StateDict, dict]:
+    """Stage 2 (appearance invariance) on the stage-1 ``state`` when the profile asks for it, its record
+    folded into ``info`` (seconds added to ``wall_s``; no wall-clock inside ``invariance``)."""
+    if not profile.invariance_steps:
+        return state, info
+    state, inv = invariance_stage(profile, state, seed=seed, device=device, progress=progress)
+    inv.pop("threads")                           # wall-clock stays out of the checkpoint's metadata
+    info = {**info, "wall_s": info.get("wall_s", 0.0) + inv.pop("wall_s"), "invariance": inv,
+            "threads": torch.get_num_threads()}
     return state, info
 
 
@@ -430,19 +448,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             if profile.invariance_steps and shipped1.exists() else None
     except ckpt.CheckpointError:
         init = None
-    if init is not None:
-        info = {**pretrain_info(shipped1), "stage1_from": shipped1.name}
-        info.pop("threads", None)
-        state, inv = invariance_stage(profile, init, seed=args.seed, device=device, progress=True)
-        inv.pop("threads")
-        info = {**info, "wall_s": info.get("wall_s", 0.0) + inv.pop("wall_s"), "invariance": inv,
-                "threads": torch.get_num_threads()}
-    else:
-        state, info = pretrain(profile, seed=args.seed, device=device, data=data)
+    stage1_run = None if init is None else (init, {**pretrain_info(shipped1), "stage1_from": shipped1.name})
+    state, info = pretrain(profile, seed=args.seed, device=device, progress=True if init is not None else None,
+                           data=data, stage1=stage1_run)
     # the weights first: nothing computed is lost if anything below fails
     ckpt.save_tensors(state, out, metadata={"config_hash": h, "config": json.dumps(cfg, sort_keys=True)})
-    info.setdefault("params", sum(v.numel() for k, v in state.items() if v.is_floating_point()))
-    info.setdefault("steps", profile.foundation_steps)
     print(f"pretrained {info['params']:,} parameters, {info['steps']} SimMIM steps"
           + (f" + {profile.invariance_steps} invariance steps" if profile.invariance_steps else "")
           + f" in {info['wall_s']:.0f} s; masked-patch L1 {info['loss_first']:.3f} -> {info['loss_last']:.3f}"

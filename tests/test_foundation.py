@@ -77,3 +77,13 @@ def test_every_cpu_run_seed_shares_the_seed_0_foundation():
     assert h == manifest["config_hash"]
     smoke = profiles.get("smoke")
     assert Fd.foundation_config(smoke, 1) != Fd.foundation_config(smoke, 0)   # smoke: each seed its own
+
+
+def test_pretrain_from_a_given_stage_1_runs_stage_2_only():
+    prof = profiles.get("smoke", invariance_steps=2)
+    init = Fd.random_encoder_state(prof, 0)
+    state, info = Fd.pretrain(prof, seed=0, stage1=(init, {"loss_first": 1.0, "loss_last": 0.5, "wall_s": 3.0}))
+    alone, _ = Fd.invariance_stage(prof, init, seed=0)
+    assert all(torch.equal(state[k], alone[k]) for k in state)           # the same stage 2, nothing before it
+    assert (info["loss_first"], info["loss_last"], info["steps"]) == (1.0, 0.5, prof.foundation_steps)
+    assert info["wall_s"] >= 3.0 and info["invariance"]["steps"] == 2 and "wall_s" not in info["invariance"]

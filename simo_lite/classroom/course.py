@@ -428,6 +428,17 @@ def _reconcile(params: dict, name: str, value, flag: str):
     return given
 
 
+def _check_known(names: Iterable[str], valid: Sequence[str], books: Sequence[Path], where: str = "") -> None:
+    """Raise :class:`UsageError` for the names not in ``valid`` (the parameters of ``books``), with a
+    close match suggested for each; ``where`` prefixes the message (the grid file)."""
+    unknown = [k for k in names if k not in valid]
+    if unknown:
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1)) else repr(k)
+                 for k in unknown]
+        raise UsageError(f"{where}unknown parameter {', '.join(hints)}: not in the parameters cell of "
+                         f"{', '.join(b.stem for b in books)}; valid parameters: {', '.join(valid)}")
+
+
 def _dataset_tasks(dataset: str) -> tuple[str, ...]:
     """The tasks ``dataset`` labels (``simo_lite.data.DATASETS``, read without importing torch)."""
     return tuple(DATASETS[dataset].tasks)
@@ -467,12 +478,7 @@ def _plan_run(profile=None, seed=None, only=None, params: dict | None = None, ru
     books = notebooks(only)
     declared = {b: notebook_parameters(b) for b in books}
     valid = sorted(set().union(*declared.values()) | {"profile", "seed", "run_dir"})
-    unknown = [k for k in params if k not in valid]
-    if unknown:
-        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1)) else repr(k)
-                 for k in unknown]
-        raise UsageError(f"unknown parameter {', '.join(hints)}: not in the parameters cell of "
-                         f"{', '.join(b.stem for b in books)}; valid parameters: {', '.join(valid)}")
+    _check_known(params, valid, books)
     defaults = _course_defaults()
     for k, v in list(params.items()):
         if isinstance(v, int) and not isinstance(v, bool) and any(isinstance(d, float) for d in defaults.get(k, [])):
@@ -865,13 +871,7 @@ def sweep(grid_file: str, profile: str | None = None, only: Sequence[str | int] 
     if "profile" in grid and profile is not None:
         raise UsageError(f"{grid_file} sweeps profile and --profile {profile} is given: give one")
     books = notebooks(only)
-    valid = sorted(set().union(*(notebook_parameters(b) for b in books)))
-    unknown = [k for k in grid if k not in valid]
-    if unknown:
-        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1)) else repr(k)
-                 for k in unknown]
-        raise UsageError(f"{grid_file}: unknown parameter {', '.join(hints)}: not in the parameters cell of "
-                         f"{', '.join(b.stem for b in books)}; valid parameters: {', '.join(valid)}")
+    _check_known(grid, sorted(set().union(*(notebook_parameters(b) for b in books))), books, f"{grid_file}: ")
     profile = profile or "smoke"
     base = Path(run_dir).expanduser().absolute() if run_dir else runs_root() / f"sweep-{path.stem}"
     for p in (base, *base.parents):
@@ -1089,9 +1089,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m simo_lite.course``: :func:`main` on the command line; Ctrl-C outside the runner's own
+    handling (e.g. while importing) still ends with one line and exit status 130."""
     try:
         main(sys.argv[1:])
-    except KeyboardInterrupt:           # Ctrl-C outside the runner's own handling (e.g. while importing)
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    cli()
