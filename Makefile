@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PROFILE ?= cpu
 
 
-.PHONY: foundation-invariant decodability
+.PHONY: foundation-invariant decodability experts
 .PHONY: course test venv check-env bench-scenes foundation clean-runs student lab kernel ui-deps test-ui \
         assignment grade
 
@@ -109,3 +109,8 @@ test-gpu:       # notebook tests in the gpu profile on CUDA; prints a skip messa
 
 gpu-wheels:     # wheels/ for the GPU machine (papermill, nbval, ipykernel, ...), downloaded with pip
 	bash benchmarks/gpu_wheels.sh
+
+# The shipped cpu models (data/models-cpu/, manifest data/models-cpu.json): experts of nyu3 and taskonomy5 and
+# their MTL models, trained to the profile's plateau budget; the course loads them when the keys match
+experts: venv
+	$(PY) -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --mtl

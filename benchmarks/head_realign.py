@@ -50,7 +50,7 @@ def run(profile: str = "cpu", steps: int = 100, tasks: str = "nyu3", n_test: int
            "threads": torch.get_num_threads(), "tolerance": tol}
     for cached in (True, False):
         t0 = time.perf_counter()
-        new, rec = head_realign(model, val, names, steps=steps, lr=P.lr_head, batch_size=P.batch_size, seed=seed,
+        new, rec = head_realign(model, val, names, steps=steps, lr=P.lr_head_realign, batch_size=P.batch_size, seed=seed,
                                 cached=cached)
         wall = time.perf_counter() - t0
         key = "cached" if cached else "uncached"

@@ -86,7 +86,7 @@ def head_realignment(exp: "Experiment", model: "SimoModel", *, steps: int | None
     the merged encoder's features, encoder frozen (:func:`simo_lite.realign.head_realign`)."""
     from .realign import head_realign
     p = exp.profile
-    return head_realign(model, exp.data["val_realign"], exp.tasks, steps=steps or p.realign_steps, lr=p.lr_head,
+    return head_realign(model, exp.data["val_realign"], exp.tasks, steps=steps or p.realign_steps, lr=p.lr_head_realign,
                         batch_size=p.batch_size, seed=exp.seed, device=exp.device, progress=exp.progress,
                         cached=cached)
 
@@ -100,7 +100,7 @@ def adapter_realignment(exp: "Experiment", model: "SimoModel", *, kind: str = "b
     from .realign import representation_realign
     p = exp.profile
     return representation_realign(model, exp.data["val_realign"], exp.tasks, rank=rank or exp.adapter_rank,
-                                  kind=kind, steps=steps or p.realign_steps, lr=p.lr_finetune * 2,
+                                  kind=kind, steps=steps or p.realign_steps, lr=p.lr_repr_realign,
                                   batch_size=p.batch_size, seed=exp.seed, device=exp.device, progress=exp.progress,
                                   cache_dir=exp.store.root / "realign")
 

@@ -53,7 +53,9 @@ class Profile:
     mtl_probe_steps: int
     mtl_finetune_steps: int
     realign_steps: int         # head / representation realignment steps on the val split
-    lr_head: float = 3e-3
+    lr_head: float = 3e-3          # heads of the linear probe (stage 1 of LP -> FT)
+    lr_head_realign: float = 3e-3  # head realignment (the heads refitted on the merged encoder's features)
+    lr_repr_realign: float = 1e-3  # representation realignment (adapters + heads)
     lr_finetune: float = 5e-4
     lr_foundation: float = 1e-3
     weight_decay: float = 1e-4
@@ -109,6 +111,15 @@ class Profile:
         """Every field as ``{name: value}`` (``dataclasses.asdict``), e.g. for a store artifact's config."""
         return asdict(self)
 
+    def training_dict(self) -> dict:
+        """:meth:`to_dict` without the fields that only realignment reads (:data:`REALIGN_FIELDS`): the
+        config of the experts and the MTL model, which a new realignment budget must not retrain."""
+        return {k: v for k, v in asdict(self).items() if k not in REALIGN_FIELDS}
+
+
+# the profile fields only realignment reads (not part of the experts' and the MTL model's keys)
+REALIGN_FIELDS = ("realign_steps", "lr_head_realign", "lr_repr_realign")
+
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(name="smoke", image_size=32, n_train=128, n_val=32, n_test=32,
@@ -132,7 +143,7 @@ PROFILES: dict[str, Profile] = {
                      patch_size=14, embed_dim=768, depth=12, num_heads=12, batch_size=16,
                      foundation_steps=0, probe_steps=600, finetune_steps=1800,
                      mtl_probe_steps=600, mtl_finetune_steps=6000, realign_steps=2500,
-                     lr_head=1e-3, lr_finetune=2e-5, augment=True),
+                     lr_head=1e-3, lr_finetune=2e-5, lr_head_realign=1e-3, lr_repr_realign=4e-5, augment=True),
 }
 
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,6 +31,7 @@ from . import store as st
 from .backbones import embed_dim, encoder_io
 from .data import load_data
 from .models import SimoModel, make_encoder, make_head
+from .paths import DATA_DIR
 from .profiles import Profile
 from .progress import progress_enabled
 from .scenes import VERSION as SCENES_VERSION
@@ -38,7 +41,8 @@ from .types import Device, Split, Splits, StateDict, Tasks
 __all__ = ["RunRecord", "RECIPE_VERSION", "expert_artifact", "mtl_artifact", "two_stage_artifact", "load_data",
            "cache_features", "features_fit_in_memory", "probe_stage", "profile_augment",
            "batch_indices", "fit", "evaluate", "build_model", "make_profile_encoder", "train_expert", "train_mtl",
-           "progress_enabled", "set_trainable", "Stage", "one_cycle", "tail_improvement"]
+           "progress_enabled", "set_trainable", "Stage", "one_cycle", "tail_improvement",
+           "val_loss", "val_tail_improvement", "shipped_model_dir"]
 
 # ``load_data`` (simo_lite.data) and ``progress_enabled`` (simo_lite.progress) are re-exported under
 # their old home here: ``training.load_data`` and ``training.progress_enabled`` keep working.
@@ -76,6 +80,9 @@ class RunRecord:
         """Every field as ``{name: value}`` (``dataclasses.asdict``), as stored in a record's JSON."""
         return asdict(self)
 
+
+# shipped checkpoints (data/): :func:`shipped_model_dir`
+SHIPPED_DIR = DATA_DIR
 
 # cached head-input features are used for frozen-encoder stages when they take at most this much memory
 FEATURE_CACHE_BYTES = 2 * 2**30
@@ -118,7 +125,7 @@ def one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int, pct_start: floa
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct)
 
 
-def _save_state(path, model, opt, sched, step, config_hash, losses, elapsed_s):
+def _save_state(path, model, opt, sched, step, config_hash, losses, elapsed_s, val_curve=()):
     """The whole training state after ``step`` steps: weights, optimizer, schedule, the loss of every
     step so far (float64, one per step) and the elapsed wall-clock seconds (metadata; state files are
     deleted when training completes, so they never reach a finished run directory)."""
@@ -128,10 +135,18 @@ def _save_state(path, model, opt, sched, step, config_hash, losses, elapsed_s):
         for k, v in s.items():
             tensors[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     tensors["fit.losses"] = torch.tensor(losses, dtype=torch.float64)
+    if val_curve:
+        tensors["fit.val_loss"] = torch.tensor(val_curve, dtype=torch.float64)       # (points, 2): step, loss
     meta = {"step": step, "config_hash": config_hash, "sched": json.dumps(sched.state_dict()),
             "param_groups": json.dumps(opt_sd["param_groups"]), "elapsed_s": repr(float(elapsed_s)),
             "threads": torch.get_num_threads(), "format": STATE_FORMAT}
     ckpt.save_tensors(tensors, path, metadata=meta)
+
+
+def _load_val_curve(path) -> list[list[float]]:
+    """The validation-loss curve saved with a training state (empty when it had none)."""
+    t = ckpt.load_tensors(path).get("fit.val_loss")
+    return [] if t is None else [[int(a), float(b)] for a, b in t.tolist()]
 
 
 def _load_state(path, model, opt, sched, config_hash) -> tuple[int, list[float], float]:
@@ -158,7 +173,8 @@ def fit(model: SimoModel, data: Split, tasks: Tasks, steps: int, lr: float, batc
         device: Device = "cpu", progress: bool = False, desc: str = "training",
         name: str = "fit", state_path: str | Path | None = None, state_every: int = 50,
         callback: Callable[[int, float], None] | None = None, features: torch.Tensor | None = None,
-        augment: Callable[[Split, torch.Generator], Split] | None = None) -> RunRecord:
+        augment: Callable[[Split, torch.Generator], Split] | None = None,
+        val: Split | None = None, val_points: int = 20) -> RunRecord:
     """Train the parameters of ``model`` that have ``requires_grad`` for ``steps`` steps.
 
     Args:
@@ -174,6 +190,10 @@ def fit(model: SimoModel, data: Split, tasks: Tasks, steps: int, lr: float, batc
         augment: optional ``augment(batch, generator) -> batch`` applied to every training batch
             (``simo_lite.datasets.augment``); its generator is seeded by (seed, step), so resumed
             runs see the same augmented batches. Not combinable with ``features``.
+        val: optional held-out split; its loss (the same task-mean loss, eval mode, no gradient) is
+            measured at ``val_points`` evenly spaced steps, the last included, and returned as
+            ``metrics["val_loss"] = [[step, loss], ...]`` (steps counted from 1): the curve that says
+            whether the run has plateaued (:func:`val_tail_improvement`). Measuring it changes no weight.
 
     Returns a :class:`RunRecord` with steps, samples (images seen), trainable parameters,
     wall-clock seconds and the loss history (``metrics["loss"]``, one value per step), all counted
@@ -202,10 +222,13 @@ def fit(model: SimoModel, data: Split, tasks: Tasks, steps: int, lr: float, batc
                                  "weight_decay": weight_decay, "grad_clip": grad_clip, "pct_start": pct_start,
                                  "format": STATE_FORMAT})
     start, losses, prior_s = 0, [], 0.0
+    val_curve: list[list[float]] = []
+    val_at = set() if val is None else {round(steps * (i + 1) / val_points) for i in range(max(1, val_points))}
     if state_path is not None and Path(state_path).exists():
         before = {k: v.detach().clone() for k, v in model.state_dict().items()}
         try:
             start, losses, prior_s = _load_state(state_path, model, opt, sched, cfg_hash)
+            val_curve = _load_val_curve(state_path) if val is not None else []
             log.info("%s: resuming at step %d of %d from %s", name, start, steps, state_path)
         except (ckpt.CheckpointError, KeyError, ValueError, RuntimeError) as e:
             # a state from another configuration or format, or a damaged file: start over, cleanly
@@ -213,7 +236,7 @@ def fit(model: SimoModel, data: Split, tasks: Tasks, steps: int, lr: float, batc
             model.load_state_dict(before)
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
             sched = one_cycle(opt, lr, steps, pct_start)
-            start, losses, prior_s = 0, [], 0.0
+            start, losses, prior_s, val_curve = 0, [], 0.0, []
     model.to(device).train()
     if encoder_frozen:
         model.encoder.eval()
@@ -239,19 +262,55 @@ def fit(model: SimoModel, data: Split, tasks: Tasks, steps: int, lr: float, batc
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        if step + 1 in val_at:
+            val_curve.append([step + 1, val_loss(model, val, tasks, device=device)])
+            model.train()
+            if encoder_frozen:
+                model.encoder.eval()
         if hasattr(iterator, "set_postfix") and step % 10 == 0:
             iterator.set_postfix(loss=f"{losses[-1]:.3f}")
         if state_path is not None and (step + 1) % state_every == 0 and step + 1 < steps:
             _save_state(state_path, model, opt, sched, step + 1, cfg_hash, losses,
-                        prior_s + time.perf_counter() - t0)
+                        prior_s + time.perf_counter() - t0, val_curve)
         if callback is not None:
             callback(step, losses[-1])
     if state_path is not None:
         Path(state_path).unlink(missing_ok=True)
     model.eval()
+    metrics: dict[str, Any] = {"loss": losses}
+    if val is not None:
+        metrics["val_loss"] = val_curve
     return RunRecord(name=name, steps=steps, samples=steps * min(batch_size, n),
                      trainable_params=sum(p.numel() for p in params), wall_s=prior_s + time.perf_counter() - t0,
-                     metrics={"loss": losses})
+                     metrics=metrics)
+
+
+@torch.no_grad()
+def val_loss(model: SimoModel, data: Split, tasks: Tasks, batch_size: int = 128, device: Device = "cpu") -> float:
+    """The task-mean training loss of ``model`` on a whole split (eval mode, no gradient): each task's
+    loss averaged over batches weighted by their size, then the unweighted mean over ``tasks``."""
+    tasks = get_tasks(tasks)
+    device = torch.device(device)
+    model.eval()
+    n = len(data["image"])
+    total = {t: 0.0 for t in tasks}
+    for s in range(0, n, batch_size):
+        feats = model.features(data["image"][s:s + batch_size].to(device))
+        b = min(batch_size, n - s)
+        for t in tasks:
+            total[t] += float(get_task(t).loss(model.heads[t](feats), data[t][s:s + batch_size].to(device))) * b
+    return sum(total.values()) / (n * len(tasks))
+
+
+def val_tail_improvement(record: "RunRecord | dict") -> float:
+    """:func:`tail_improvement` of a run's validation-loss curve (``metrics["val_loss"]`` of the fine-tuning
+    stage of a :class:`RunRecord`, or of a record's dict); NaN when the run recorded none."""
+    rec = record.to_dict() if isinstance(record, RunRecord) else record
+    stages = [rec, *rec.get("stages", [])]
+    curves = [s["metrics"]["val_loss"] for s in stages if s.get("metrics", {}).get("val_loss")]
+    if not curves:
+        return float("nan")
+    return tail_improvement([v for _, v in curves[-1]])
 
 
 def tail_improvement(losses: Sequence[float], tail: float = 0.2, window: float = 0.1) -> float:
@@ -434,6 +493,31 @@ def _load_model(folder: Path, art: st.Artifact, profile: Profile, tasks: Tasks, 
     return model.eval(), record  # same mode as a fresh run
 
 
+def shipped_model_dir(art: st.Artifact, profile: Profile) -> Path:
+    """``data/models-<profile>/<name>-<key>``: where the shipped checkpoint of ``art`` lies, if one is
+    shipped (``python -m simo_lite.shipped``, ``make experts``). It matches only with the same key: the
+    same recipe, profile, seed, data and foundation."""
+    return SHIPPED_DIR / f"models-{profile.name}" / f"{art.name}-{art.key}"
+
+
+def _load_shipped(folder: Path, art: st.Artifact, profile: Profile, tasks: Tasks) -> tuple[SimoModel, RunRecord] | None:
+    """The shipped model of ``art`` when the run has none yet: loaded (every file's key checked) and
+    copied into the run's ``folder`` (atomically), so the run directory stays self-contained; else None."""
+    src = shipped_model_dir(art, profile)
+    if folder.exists() or not (src / "record.json").is_file():
+        return None
+    loaded = _load_model(src, art, profile, tasks, store=st.Store(src.parent))
+    if loaded is None:
+        return None
+    tmp = folder.with_name(f".{folder.name}.shipped.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, tmp)
+    os.replace(tmp, folder)
+    log.info("loaded the shipped %s %s (%s), copied into the run", art.kind, art.name, src.parent.name)
+    return loaded
+
+
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return f"{type(e).__name__}: " + (" ".join(lines[:2])[:300] if lines else "")
@@ -474,7 +558,7 @@ def two_stage_artifact(name: str, tasks: Tasks, pretrained_key: str, profile: Pr
     """The store artifact of a two-stage model: the recipe's config + the data's and the pretrained
     encoder's keys (``pretrained_key``, stored under "foundation")."""
     tasks = get_tasks(tasks)
-    config = {"name": name, "tasks": tasks, "profile": profile.to_dict(), "seed": seed,
+    config = {"name": name, "tasks": tasks, "profile": profile.training_dict(), "seed": seed,
               "probe_steps": probe_steps, "finetune_steps": finetune_steps, "version": RECIPE_VERSION,
               "scenes_version": SCENES_VERSION}
     return st.Artifact("expert" if name.startswith("expert-") else "mtl", name, config,
@@ -502,7 +586,7 @@ def _two_stage(art: st.Artifact, tasks: Tasks, pretrained: StateDict, profile: P
     name = art.name
     store = st.Store(run_dir)
     folder = store.model_dir(art)
-    loaded = _load_model(folder, art, profile, tasks, store=store)
+    loaded = _load_shipped(folder, art, profile, tasks) or _load_model(folder, art, profile, tasks, store=store)
     if loaded is not None:
         return loaded
     folder.mkdir(parents=True, exist_ok=True)
@@ -526,6 +610,7 @@ def _two_stage(art: st.Artifact, tasks: Tasks, pretrained: StateDict, profile: P
     Stage.set(model, "all")
     r = fit(model, data["train"], tasks, finetune_steps, profile.lr_finetune, pct_start=0.05,
             desc=f"{name}: fine-tune", name=f"{name}/finetune", state_path=folder / "ft-state.safetensors",
+            val=data["val"],
             seed=seed + 1, **{k: v for k, v in common.items() if k != "seed"})
     record.add(r)
     record.metrics["test"] = evaluate(model, data["test"], tasks, device=device)

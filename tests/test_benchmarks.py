@@ -36,7 +36,8 @@ def _metrics_for(tasks, experts, ratio):
 
 
 def _table(tasks, deltas: dict, costs: dict | None = None) -> list[dict]:
-    experts = {t: v for t, v in {"seg": 0.5, "depth": 0.6, "normals": 20.0, "edges": 0.4, "albedo": 0.1}.items()
+    experts = {t: v for t, v in {"seg": 0.5, "depth": 0.6, "normals": 20.0, "edges": 0.4, "albedo": 0.1,
+                                 "autoencoder": 0.05, "keypoints": 0.3, "texture_edges": 0.6}.items()
                if t in tasks}
     low = lower_is_better(tasks)
     rows = []
@@ -75,7 +76,7 @@ def _write_run(run_dir: Path, nyu=NYU_DELTAS, diverse=None) -> Path:
     (res / "table-seg+depth+normals.json").write_text(json.dumps(_table(("seg", "depth", "normals"), nyu, COSTS)))
     (res / "training-seg+depth+normals.json").write_text(json.dumps(_training(("seg", "depth", "normals"))))
     if diverse is not None:
-        tasks = ("seg", "depth", "normals", "edges", "albedo")
+        tasks = ("autoencoder", "depth", "normals", "keypoints", "texture_edges")
         (res / f"table-{'+'.join(tasks)}.json").write_text(json.dumps(_table(tasks, diverse, COSTS)))
         (res / f"training-{'+'.join(tasks)}.json").write_text(json.dumps(_training(tasks)))
     return run_dir
@@ -276,7 +277,11 @@ def _render(tmp_path, run_dir, bench_path):
     out = tmp_path / "results.md"
     doc = render_results.main(["--run-dir", str(run_dir), "--gpu-run-dir", str(tmp_path / "no-gpu"),
                                "--bench", str(bench_path), "--out", str(out),
-                               "--decodability", str(tmp_path / "no-decodability.json")])
+                               "--decodability", str(tmp_path / "no-decodability.json"),
+                               "--evidence", str(tmp_path / "no-evidence.json"),
+                               "--convergence", str(tmp_path / "no-convergence.json"),
+                               "--realign-curves", str(tmp_path / "no-realign.json"),
+                               "--relationships", str(tmp_path / "no-relationships.json")])
     assert out.read_text() == doc
     return doc
 
@@ -286,10 +291,10 @@ def test_render_from_synthetic_results(tmp_path, quick_bench):
     run_dir = _write_run(tmp_path / "cpu-0", diverse=diverse)
     doc = _render(tmp_path, run_dir, quick_bench[1])
     ours = doc.split("## Our results")[1].split("## Reading")[0]
-    for name in ("nyu3", "diverse5"):                                    # every input of these two present
+    for name in ("nyu3", "taskonomy5"):                                  # every input of these two present
         section = ours.split(f"### `{name}`")[1].split("### ")[0]
         assert "not run" not in section, name
-    assert "table-autoencoder+depth+normals+keypoints+texture_edges.json` not found" in ours   # a set without one
+    assert "table-seg+depth+normals+edges+albedo.json` not found" in ours   # a set without one
     for heading in ("## Our results", "## Reading", "## Cost against joint MTL", "## Benchmarks",
                     "### Table 1", "### Table 2", "### Table 3", "### Table 4"):
         assert heading in doc, heading
@@ -300,7 +305,7 @@ def test_render_from_synthetic_results(tmp_path, quick_bench):
     # scenes/s from bench.json
     rate = json.loads(Path(quick_bench[1]).read_text())["scenes"]["rows"][0]["scenes_per_s"]
     assert f"{rate:,.0f}" in doc
-    # 1.5x the losses on diverse5: merging loses more on the larger set, as in the paper
+    # 1.5x the losses on taskonomy5: merging loses more on the larger set, as in the paper
     items = _claims(run_dir, tmp_path, quick_bench[1])
     larger = next(i for i in items if i["claim"].startswith("task arithmetic loses more on the larger"))
     assert larger["ours_holds"] is True and larger["verdict"] == "agrees"
@@ -308,7 +313,8 @@ def test_render_from_synthetic_results(tmp_path, quick_bench):
 
 def _claims(run_dir, tmp_path, bench_path):
     _, items = render_results.render([("cpu", str(run_dir))], str(bench_path),
-                                     str(common.PAPER_TABLES), "test")
+                                     str(common.PAPER_TABLES), "test", tmp_path / "none.json", tmp_path / "none.json",
+                                     tmp_path / "none.json", tmp_path / "none.json", tmp_path / "none.json")
     return items["cpu"]
 
 
@@ -333,14 +339,15 @@ def test_render_with_missing_inputs(tmp_path):
     doc = _render(tmp_path, tmp_path / "no-such-run", tmp_path / "no-bench.json")
     ours = doc.split("## Reading")[0]
     from simo_lite.tasks import TASK_SETS
-    assert ours.count("not run") == len(TASK_SETS) + 1                  # one per task set, and the go / no-go
+    # one per task set, and the go / no-go, the evidence and the two budget sections
+    assert ours.count("not run") == len(TASK_SETS) + 4
     assert "python -m simo_lite.experiment --profile cpu --tasks nyu3" in ours
     bench_part = doc.split("## Benchmarks")[1].split("## The paper's tables")[0]
     assert "not run" in bench_part and "make bench" in bench_part
     assert "### Table 1" in doc                                         # the paper's tables still render
 
     doc = render_results.render([("cpu", str(tmp_path / "none"))], str(tmp_path / "none.json"),
-                                str(tmp_path / "no-paper.json"), "test")[0]
+                                str(tmp_path / "no-paper.json"), "test", *[tmp_path / "none.json"] * 5)[0]
     assert "not run" in doc.split("## The paper's tables")[1]
 
 

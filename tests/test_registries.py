@@ -108,13 +108,13 @@ def test_unregistered_names_are_unknown_rows():
 
 def test_rows_are_method_fix_pairs_with_unchanged_ids():
     """The table's rows: ids derived from (method, fix), never parsed; the labels docs/results.md prints."""
-    assert ROWS == ("experts", "mtl", "zeroshot", "ta", "ties", "tall", "ta+head", "ta+repr", "ta+lora", "ties+head",
+    assert ROWS == ("experts", "mtl", "mtl4x", "zeroshot", "ta", "ties", "tall", "ta+head", "ta+repr", "ta+lora", "ties+head",
                     "ties+repr", "ties+lora", "ta+bn", "ties+bn", "zeroshot+head", "ties_k1", "ties_k1+head",
                     "coefficients")
     assert row_spec("ta+head") == row_spec(("ta", "head")) and row_spec("ta+head").fix == "head"
     assert row_spec(("ta", None)).id == "ta" and row_spec("mtl").method == "mtl"
     assert [row_label(r) for r in ROWS] == [
-        "experts (LP→FT)", "joint MTL", "zero-shot (α=0)", "task arithmetic", "TIES", "TALL masks (T encoder passes)",
+        "experts (LP→FT)", "joint MTL", "joint MTL (4× steps)", "zero-shot (α=0)", "task arithmetic", "TIES", "TALL masks (T encoder passes)",
         "TA + head realign", "TA + block adapters", "TA + PEFT LoRA", "TIES + head realign", "TIES + block adapters",
         "TIES + PEFT LoRA", "TA + BN re-estimation", "TIES + BN re-estimation", "α = 0 + head realign",
         "TIES (k = 1.0)", "TIES (k = 1.0) + head realign", "learned layer coefficients (Fig. 2)"]

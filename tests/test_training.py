@@ -409,3 +409,44 @@ def test_tail_improvement_measures_the_last_fifth():
     assert tail_improvement(falling) == pytest.approx((before - end) / before)
     assert tail_improvement(falling) > 0.01 and tail_improvement(flat) < 0.01   # not converged / converged
     assert math.isnan(tail_improvement([1.0, 0.5])) and math.isnan(tail_improvement([]))
+
+
+def test_val_curve_is_recorded_without_changing_the_weights(profile, data, encoder_state):
+    """``fit(val=...)`` measures the validation loss at ``val_points`` evenly spaced steps, the last
+    included; measuring it changes no weight and no training loss (same run without it)."""
+    kw = dict(lr=3e-3, batch_size=8, seed=0)
+    plain = _model(encoder_state, profile)
+    rec_plain = fit(plain, data["train"], ("depth",), 10, **kw)
+    watched = _model(encoder_state, profile)
+    rec = fit(watched, data["train"], ("depth",), 10, val=data["val"], val_points=5, **kw)
+    curve = rec.metrics["val_loss"]
+    assert [s for s, _ in curve] == [2, 4, 6, 8, 10]
+    assert rec.metrics["loss"] == rec_plain.metrics["loss"]
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), watched.state_dict().values()))
+    # the last point is the loss of the final model on the whole split
+    assert curve[-1][1] == pytest.approx(training.val_loss(watched, data["val"], ("depth",)), rel=1e-6)
+    assert "val_loss" not in rec_plain.metrics
+    # the record-level reader finds the curve of the last stage that has one
+    outer = training.RunRecord(name="two-stage")
+    outer.add(rec_plain)
+    outer.add(rec)
+    vals = [v for _, v in curve]
+    assert training.val_tail_improvement(outer) == training.tail_improvement(vals)
+    assert math.isnan(training.val_tail_improvement(rec_plain))
+
+
+def test_val_curve_survives_an_interrupt(profile, data, encoder_state, tmp_path):
+    kw = dict(lr=3e-3, batch_size=8, seed=0, val=data["val"], val_points=5)
+    ref = fit(_model(encoder_state, profile), data["train"], ("depth",), 10, **kw)
+    state_path = tmp_path / "state.safetensors"
+
+    def stop(step, loss):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(encoder_state, profile), data["train"], ("depth",), 10, state_path=state_path, state_every=3,
+            callback=stop, **kw)
+    rec = fit(_model(encoder_state, profile), data["train"], ("depth",), 10, state_path=state_path,
+              state_every=3, **kw)
+    assert rec.metrics["val_loss"] == ref.metrics["val_loss"]

@@ -1,0 +1,115 @@
+"""The shipped expert (and MTL) checkpoints in ``data/``: write them, and say which ones match.
+
+Converged experts take longer to train than a class has (the cpu course runs in minutes), so the
+repository ships the cpu profile's models of the default task sets, like the foundation encoder:
+``data/models-<profile>/<name>-<key>/`` (``encoder.safetensors``, ``head-<task>.safetensors``,
+``record.json``, every file carrying the model's store key) and the manifest
+``data/models-<profile>.json`` (the command, every file's sha256, the training record: steps, seconds,
+test metrics, the validation-loss tail). :func:`simo_lite.training.train_expert` and ``train_mtl``
+load a shipped model when its key matches the run's (same recipe, profile, seed, data and foundation)
+and copy it into the run directory; any other configuration trains as before.
+
+    python -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --mtl     # make experts
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from . import paths
+
+if TYPE_CHECKING:
+    from .store import Artifact
+
+__all__ = ["manifest_path", "ship", "main"]
+
+
+def manifest_path(profile_name: str, data_dir: str | Path | None = None) -> Path:
+    """``data/models-<profile>.json``: the manifest of the shipped models of a profile."""
+    return Path(data_dir or paths.DATA_DIR) / f"models-{profile_name}.json"
+
+
+def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5"), seed: int = 0,
+         mtl: bool = True, run_dir: str | Path | None = None, data_dir: str | Path | None = None,
+         command: str = "", **overrides: object) -> dict:
+    """Train (or load from ``run_dir``) the experts of every task in ``sets`` and, with ``mtl``, the MTL
+    model of each set; copy each into ``data/models-<profile>/`` (atomically, replacing an older copy of
+    the same key) and write the manifest. Returns the manifest. Folders of other keys are removed."""
+    from . import profiles, training
+    from .checkpoints import sha256_file
+    from .experiment import Experiment
+    from .tasks import get_tasks
+
+    profile = profiles.get(profile_name, **overrides)
+    run_dir = Path(run_dir or paths.runs_root() / f"ship-{profile_name}-{seed}")
+    data_dir = Path(data_dir or paths.DATA_DIR)
+    out_root = data_dir / f"models-{profile.name}"
+    out_root.mkdir(parents=True, exist_ok=True)
+    tasks = tuple(dict.fromkeys(t for s in sets for t in get_tasks(s)))
+    exp = Experiment(profile, tasks, seed, "cpu", run_dir)
+    jobs = [(exp.expert_artifact(t), lambda t=t: exp.expert(t)) for t in tasks]
+    if mtl:
+        for s in sets:
+            e = Experiment(profile, s, seed, "cpu", run_dir)
+            jobs.append((e.mtl_artifact(), e.mtl))
+    t0 = time.perf_counter()
+    models = {}
+    for art, train in jobs:
+        _, record = train()
+        src = st_model_dir(run_dir, art)
+        dst = out_root / src.name
+        tmp = out_root / f".{src.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*-state.safetensors", "probe"))
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+        rec = record.to_dict()
+        models[art.name] = {"key": art.key, "folder": f"{out_root.name}/{dst.name}",
+                            "files": {f.name: sha256_file(f) for f in sorted(dst.iterdir())},
+                            "steps": rec["steps"], "wall_s": rec["wall_s"], "test": rec["metrics"].get("test"),
+                            "val_tail": training.val_tail_improvement(rec)}
+    keep = {m["folder"].split("/", 1)[1] for m in models.values()}
+    for stale in out_root.iterdir():
+        if stale.is_dir() and stale.name not in keep:
+            shutil.rmtree(stale)
+    manifest = {"command": command or f"python -m simo_lite.shipped --profile {profile_name}", "profile": profile_name,
+                "seed": seed, "sets": list(sets), "foundation_key": exp.foundation_key, "data_key": exp.data_key,
+                "profile_config": profile.to_dict(), "models": models, "wall_s": time.perf_counter() - t0}
+    from .atomic import write_text
+    write_text(manifest_path(profile.name, data_dir), json.dumps(manifest, indent=1, default=float))
+    return manifest
+
+
+def st_model_dir(run_dir: Path, art: "Artifact") -> Path:
+    """The run directory's folder of a model artifact (``store.Store.model_dir``)."""
+    from .store import Store
+    return Store(run_dir).model_dir(art)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m simo_lite.shipped``: write the shipped models of a profile (``make experts``)."""
+    ap = argparse.ArgumentParser(prog="python -m simo_lite.shipped", description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--sets", nargs="+", default=["nyu3", "taskonomy5"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mtl", action="store_true", help="ship the MTL model of each set too")
+    ap.add_argument("--run-dir", default=None, help="where the models are trained (or found); "
+                    "default: runs/ship-<profile>-<seed>")
+    ap.add_argument("--data-dir", default=None, help="default: the repository's data/")
+    args = ap.parse_args(argv)
+    command = "python -m simo_lite.shipped " + " ".join(argv if argv is not None else sys.argv[1:])
+    m = ship(args.profile, args.sets, args.seed, args.mtl, args.run_dir, args.data_dir, command=command)
+    for name, info in m["models"].items():
+        print(f"{name}: {info['folder']} ({info['steps']} steps, {info['wall_s']:.0f} s, "
+              f"val-loss tail {100 * info['val_tail']:+.2f} %)")
+    print(f"manifest: {manifest_path(args.profile, args.data_dir)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""The pre-registered verdicts (benchmarks/evidence.py): the 2-SD rule, paired differences, >= 3 seeds."""
+from __future__ import annotations
+
+from benchmarks import evidence as ev
+
+D, N = ev.DIVERSE, ev.NYU
+
+
+def _tidy(values: dict[tuple[str, str], list[float]]) -> list[dict]:
+    rows = []
+    for (tasks, row), xs in values.items():
+        for seed, x in enumerate(xs):
+            rows.append({"run": "cpu", "seed": seed, "tasks": tasks, "row": row, "task": "t", "metric": "m",
+                         "value": 0.0, "delta_m_ratio": x, "delta_m_relative": x})
+    return rows
+
+
+def test_threshold_and_direction_verdicts_follow_the_two_sd_rule():
+    st = ev._stats({0: -0.20, 1: -0.21, 2: -0.19})
+    assert ev.threshold_verdict(st, -0.10, below=True) == "holds"
+    assert ev.threshold_verdict(st, -0.30, below=True) == "fails"
+    assert ev.threshold_verdict(ev._stats({0: -0.05, 1: -0.15, 2: -0.10}), -0.10, below=True) == "unresolved"
+    assert ev.threshold_verdict(ev._stats({0: -0.2, 1: -0.2}), -0.10, below=True) == "unresolved"   # 2 seeds
+    assert ev.direction_verdict(ev._stats({0: 0.03, 1: 0.031, 2: 0.029})) == "positive"
+    assert ev.direction_verdict(ev._stats({0: 0.01, 1: -0.01, 2: 0.005})) == "unresolved"
+
+
+def test_criteria_on_a_made_up_sweep():
+    tidy = _tidy({(D, "mtl"): [-0.20, -0.22, -0.21], (D, "ta"): [-0.60, -0.62, -0.61],
+                  (D, "ta+head"): [-0.30, -0.31, -0.32], (D, "ta+repr"): [-0.15, -0.16, -0.17],
+                  (N, "ta+head"): [-0.05, -0.06, -0.05], (N, "ta+repr"): [-0.04, -0.05, -0.045],
+                  (N, "mtl"): [-0.02, -0.03, -0.02]})
+    got = {c["id"]: c["verdict"] for c in ev.criteria(tidy)}
+    # R1 MTL -21 % <= -10 %; R2 TA -61 % <= -55 %; R3 gap +15 pp and 14 pp more than nyu3's +1 pp;
+    # R4 best adapter (ta+repr, -16 %) vs MTL (-21 %): +5 pp, past 2 SD; R5 |gap| on nyu3 ~1 pp <= 2 pp
+    assert got == {"R1": "holds", "R2": "holds", "R3": "holds", "R4": "holds", "R5": "holds"}
+    tidy_fail = _tidy({(D, "mtl"): [-0.01, -0.02, -0.015], (D, "ta"): [-0.2, -0.21, -0.22]})
+    got = {c["id"]: c["verdict"] for c in ev.criteria(tidy_fail)}
+    assert got["R1"] == "fails" and got["R2"] == "fails" and got["R3"] == "unresolved"
+
+
+def test_markdown_lists_every_criterion_and_row():
+    tidy = _tidy({(D, "mtl"): [-0.2, -0.21, -0.22], (N, "mtl"): [-0.05, -0.06, -0.04]})
+    md = ev.markdown(ev.evaluate(tidy))
+    for rid in ("R1", "R2", "R3", "R4", "R5"):
+        assert f"| {rid} |" in md
+    assert "-21.0 ± 1.0 % (n = 3)" in md and "MTL loses more on the diverse set" in md

@@ -1,0 +1,73 @@
+"""Shipped expert / MTL checkpoints (``simo_lite.shipped``, ``make experts``): written with a manifest,
+loaded instead of trained when the key matches, ignored otherwise."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from simo_lite import profiles, shipped, training
+from simo_lite.checkpoints import sha256_file
+from simo_lite.experiment import Experiment
+
+
+@pytest.fixture(scope="module")
+def shipped_dir(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+    run_dir = tmp_path_factory.mktemp("ship-run")
+    m = shipped.ship("smoke", sets=("depth,normals",), seed=0, mtl=True, run_dir=run_dir, data_dir=data_dir,
+                     command="test")
+    return data_dir, m
+
+
+def test_ship_writes_models_and_a_manifest(shipped_dir):
+    data_dir, m = shipped_dir
+    assert set(m["models"]) == {"expert-depth", "expert-normals", "mtl-depth+normals"}
+    on_disk = json.loads(shipped.manifest_path("smoke", data_dir).read_text())
+    assert on_disk["models"].keys() == m["models"].keys() and on_disk["command"] == "test"
+    for info in m["models"].values():
+        folder = data_dir / info["folder"]
+        assert (folder / "record.json").is_file() and (folder / "encoder.safetensors").is_file()
+        assert not any(p.name.endswith("-state.safetensors") or p.name == "probe" for p in folder.iterdir())
+        for name, digest in info["files"].items():
+            assert sha256_file(folder / name) == digest
+        assert info["steps"] > 0 and info["val_tail"] == info["val_tail"]      # a number, not NaN
+
+
+def test_a_matching_run_loads_the_shipped_model_instead_of_training(shipped_dir, tmp_path, monkeypatch):
+    data_dir, m = shipped_dir
+    monkeypatch.setattr(training, "SHIPPED_DIR", data_dir)
+
+    def no_training(*a, **k):
+        raise AssertionError("trained although a shipped model matches")
+
+    monkeypatch.setattr(training, "fit", no_training)
+    exp = Experiment(profiles.get("smoke"), ("depth", "normals"), 0, "cpu", tmp_path / "run")
+    model, record = exp.expert("depth")
+    assert record.metrics["test"] == m["models"]["expert-depth"]["test"]
+    assert (tmp_path / "run" / "models" / m["models"]["expert-depth"]["folder"].split("/")[1] / "record.json").is_file()
+    _, mtl_record = exp.mtl()
+    assert mtl_record.metrics["test"] == m["models"]["mtl-depth+normals"]["test"]
+
+
+def test_another_seed_trains(shipped_dir, tmp_path, monkeypatch):
+    data_dir, _ = shipped_dir
+    monkeypatch.setattr(training, "SHIPPED_DIR", data_dir)
+    calls = []
+    real_fit = training.fit
+    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    Experiment(profiles.get("smoke"), ("depth",), 1, "cpu", tmp_path / "run").expert("depth")
+    assert calls, "seed 1 has no shipped model, so it must train"
+
+
+def test_a_damaged_shipped_model_is_not_used(shipped_dir, tmp_path, monkeypatch):
+    data_dir, m = shipped_dir
+    copy = tmp_path / "data"
+    import shutil
+    shutil.copytree(data_dir, copy)
+    folder = copy / m["models"]["expert-normals"]["folder"]
+    (folder / "encoder.safetensors").write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(training, "SHIPPED_DIR", copy)
+    _, record = Experiment(profiles.get("smoke"), ("normals",), 0, "cpu", tmp_path / "run").expert("normals")
+    assert record.steps > 0                                # trained afresh (the log says which file is corrupt)
+    assert (tmp_path / "run" / "models").is_dir()
