@@ -519,7 +519,7 @@ def _parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m simo_lite.experiment",
                                  description="Train what is missing and write the results tables to the run dir")
     ap.add_argument("--profile", default="cpu", choices=sorted(P.PROFILES))
-    ap.add_argument("--tasks", nargs="+", default=["nyu3", "diverse5"],
+    ap.add_argument("--tasks", nargs="+", default=["nyu3", "taskonomy5"],
                     help=f"task sets ({', '.join(TASK_SETS)}) or comma-separated tasks ({', '.join(TASKS)})")
     ap.add_argument("--seed", type=int, default=None, help="a non-negative integer (default 0)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
@@ -610,7 +610,7 @@ def _parse_args(argv=None):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m simo_lite.experiment --profile cpu --tasks nyu3 diverse5``: every results table.
+    """``python -m simo_lite.experiment --profile cpu --tasks nyu3 taskonomy5``: every results table.
 
     Validates every argument first (see :func:`_parse_args`), seeds torch's global generator with
     ``--seed`` (every stage also seeds its own generators, so results do not depend on it), and

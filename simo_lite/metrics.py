@@ -138,14 +138,18 @@ class BinaryF1:
 
 def normalized_performance(metrics: dict[str, float], baseline: dict[str, float],
                            lower_is_better: dict[str, bool]) -> dict[str, float]:
-    """Per-task performance relative to the baseline: M/B, or B/M when lower is better (1.0 = equal)."""
+    """Per-task performance relative to the baseline: M/B, or B/M when lower is better (1.0 = equal).
+
+    NaN where the ratio is undefined: a zero denominator (B = 0 for higher-is-better, M = 0 for
+    lower-is-better). A higher-is-better metric of 0 against B > 0 is 0.0 (nothing of the expert kept)."""
     missing = set(metrics) - set(baseline) | set(metrics) - set(lower_is_better)
     if missing:
         raise KeyError(f"no baseline/direction for task(s) {sorted(missing)}")
     out = {}
     for t, m in metrics.items():
         b = baseline[t]
-        out[t] = (b / m if lower_is_better[t] else m / b) if m != 0 and b != 0 else float("nan")
+        num, den = (b, m) if lower_is_better[t] else (m, b)
+        out[t] = num / den if den != 0 else float("nan")
     return out
 
 

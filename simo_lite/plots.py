@@ -327,3 +327,145 @@ def budget_tries(history: Sequence[dict], reference: float | None = None, title:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Every method's predictions on one image, one column per task, with a key under each column
+# ----------------------------------------------------------------------------------------------
+def methods_prediction_grid(image: torch.Tensor, rows: dict[str, dict[str, torch.Tensor]], tasks: Tasks,
+                            title: str = "", class_names: Sequence[str] | None = None) -> Figure:
+    """One test image and every method's prediction of it: one row per entry of ``rows`` (e.g. "target",
+    "experts", "MTL", "TA", ...), which maps a label to ``{task: prediction or label of this image}``
+    (no batch dimension, in the label's space: class ids, metres, unit normals, ...), one column per task,
+    each drawn by the task's visualiser; the input image heads the first column.
+
+    Under each column a key says how to read it: the class colours for ``seg`` (``class_names``, default
+    the Scenes classes), a colour bar in metres for ``depth``, a colour disc of camera-frame directions
+    for ``normals``, what white and black mean for the binary maps (edges, texture edges, keypoints), a
+    grey-level bar for ``shading``, and "RGB" for the colour maps (albedo, autoencoder)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch
+    tasks = get_tasks(tasks)
+    labels = list(rows)
+    if not labels:
+        raise ValueError("methods_prediction_grid: no rows to draw")
+    missing = [(r, t) for r in labels for t in tasks if t not in rows[r]]
+    if missing:
+        raise ValueError(f"methods_prediction_grid: rows lack tasks: {missing[:4]}")
+    n_rows, n_cols = len(labels), 1 + len(tasks)
+    height = 1.75 * n_rows + 1.1
+    fig = plt.figure(figsize=(1.9 * n_cols, height))
+    grid = fig.add_gridspec(n_rows + 1, n_cols, height_ratios=[1.0] * n_rows + [0.55], hspace=0.12, wspace=0.3,
+                            top=1 - 0.6 / height, bottom=0.03)
+    ax = fig.add_subplot(grid[0, 0])
+    _show(ax, image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy(), "input image")
+    for i, label in enumerate(labels):
+        for j, t in enumerate(tasks, 1):
+            ax = fig.add_subplot(grid[i, j])
+            _show(ax, get_task(t).visualize(rows[label][t]), t if i == 0 else None)
+            if j == 1:
+                ax.set_ylabel(label, fontsize=9)
+    for j, t in enumerate(tasks, 1):
+        key = fig.add_subplot(grid[n_rows, j])
+        if t == "seg":
+            n = max(int(max(rows[r][t].max() for r in labels)) + 1, len(class_names or CLASSES))
+            names = list(class_names or CLASSES) + [str(k) for k in range(len(class_names or CLASSES), n)]
+            colours = get_task(t).visualize(torch.arange(n).reshape(1, n))[0]               # (n, 3)
+            key.legend(handles=[Patch(facecolor=colours[k], edgecolor="black", label=names[k]) for k in range(n)],
+                       loc="center", fontsize=6.5, ncol=2, frameon=False, title="classes", title_fontsize=7)
+            key.axis("off")
+        elif t == "depth":
+            bar = fig.colorbar(ScalarMappable(Normalize(0.5, 10.0), "magma_r"), cax=key, orientation="horizontal")
+            bar.set_label("depth (m)", fontsize=7)
+            bar.ax.tick_params(labelsize=6)
+            key.set_box_aspect(0.12)
+        elif t in ("normals", "shading"):
+            if t == "normals":
+                v, u = torch.meshgrid(torch.linspace(-1, 1, 41), torch.linspace(-1, 1, 41), indexing="ij")
+                inside = u ** 2 + v ** 2 <= 1
+                n = torch.stack([u, v, -(1 - u ** 2 - v ** 2).clamp(min=0).sqrt()])           # facing the camera
+                disc = get_task(t).visualize(n)
+                disc[~inside.numpy()] = 1.0
+                _show(key, disc)
+                key.set_xlabel("normal direction: x right,\ny down, facing the camera", fontsize=6.5)
+                key.set_box_aspect(1)
+            else:
+                bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), "gray"), cax=key, orientation="horizontal")
+                bar.set_label("received light", fontsize=7)
+                bar.ax.tick_params(labelsize=6)
+                key.set_box_aspect(0.12)
+        elif get_task(t).channels == 1 and t != "depth":
+            key.legend(handles=[Patch(facecolor="white", edgecolor="black", label=f"1: {t.replace('_', ' ')}"),
+                                Patch(facecolor="black", edgecolor="black", label="0: none")],
+                       loc="center", fontsize=6.5, frameon=False)
+            key.axis("off")
+        else:
+            key.text(0.5, 0.5, "RGB colour,\nas in the image", ha="center", va="center", fontsize=7)
+            key.axis("off")
+    fig.add_subplot(grid[n_rows, 0]).axis("off")
+    fig.suptitle(title or f"every method on one test image ({', '.join(tasks)})", fontsize=11)
+    return fig
+
+
+__all__.append("methods_prediction_grid")
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 04: the feature drift of a merged encoder, one panel per statistic
+# ----------------------------------------------------------------------------------------------
+def drift_panels(layers: Sequence[str], panels: dict[str, dict[str, Sequence[float]]],
+                 ylabels: dict[str, str] | None = None, reference: dict[str, float] | None = None,
+                 title: str = "", ncols: int = 3) -> Figure:
+    """The feature drift of a merged encoder against each expert, in one figure: one panel per statistic,
+    x = the tapped layers, one line per task (the same colour for a task in every panel).
+
+    ``layers``: the L tapped layers in order, as x-axis labels (e.g. ``["block 1", "block 3", ...]``).
+    ``panels``: ``{panel title, in words: {task: L values, one per layer}}``, e.g.
+    ``{"linear CKA, merged vs expert": {"seg": [0.98, 0.95, 0.91, 0.84], ...}, ...}``.
+    ``ylabels``: ``{panel title: y-axis label}`` (default: none). ``reference``: ``{panel title: y}``
+    draws a dashed grey line at ``y``, "merged = expert" (1.0 for CKA and ratios, 0.0 for shifts).
+    ``ncols``: panels per row. One legend for the figure, below the panels: the tasks, and the
+    reference line when there is one. Raises ValueError when ``panels`` is empty, a panel has no
+    curve, or a curve does not have one value per layer."""
+    from matplotlib.lines import Line2D
+    if not panels:
+        raise ValueError("drift_panels: no statistic to plot (panels is empty)")
+    n_layers = len(layers)
+    for name, curves in panels.items():
+        if not curves:
+            raise ValueError(f"drift_panels: panel {name!r} has no curve")
+        for task, ys in curves.items():
+            if len(ys) != n_layers:
+                raise ValueError(f"drift_panels: panel {name!r}, task {task!r}: {len(ys)} values for {n_layers} layers")
+    ncols = max(1, min(ncols, len(panels)))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.7 * ncols, 2.9 * nrows + 0.7), squeeze=False)
+    tasks = list(dict.fromkeys(t for curves in panels.values() for t in curves))
+    colors = {t: plt.get_cmap("tab10")(i % 10) for i, t in enumerate(tasks)}
+    x = np.arange(n_layers)
+    for ax, (name, curves) in zip(axes.flat, panels.items()):
+        for task, ys in curves.items():
+            ax.plot(x, [float(v) for v in ys], marker="o", ms=3, color=colors[task], label=task)
+        if reference and name in reference:
+            ax.axhline(reference[name], color="grey", ls="--", lw=0.9)
+        ax.set_xticks(x)
+        ax.set_xticklabels(list(layers), fontsize=8)
+        ax.set_xlabel("tapped layer", fontsize=8)
+        if ylabels and name in ylabels:
+            ax.set_ylabel(ylabels[name], fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles = [Line2D([], [], color=colors[t], marker="o", ms=3, label=t) for t in tasks]
+    if reference:
+        handles.append(Line2D([], [], color="grey", ls="--", lw=0.9, label="merged = expert"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False,
+               title="expert of the task", title_fontsize=8)
+    fig.suptitle(title or "feature drift of the merged encoder against each expert, per tapped layer", fontsize=11)
+    fig.tight_layout(rect=(0, 0.1 if nrows == 1 else 0.06, 1, 1))
+    return fig
+
+
+__all__.append("drift_panels")

@@ -37,9 +37,10 @@ def manifest_path(profile_name: str, data_dir: str | Path | None = None) -> Path
 
 def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5"), seed: int = 0,
          mtl: bool = True, run_dir: str | Path | None = None, data_dir: str | Path | None = None,
-         command: str = "", **overrides: object) -> dict:
+         command: str = "", mtl_factors: Sequence[int] = (1,), **overrides: object) -> dict:
     """Train (or load from ``run_dir``) the experts of every task in ``sets`` and, with ``mtl``, the MTL
-    model of each set; copy each into ``data/models-<profile>/`` (atomically, replacing an older copy of
+    model of each set (one per fine-tuning budget factor in ``mtl_factors``: 1, and 4 for the "MTL 4x"
+    row); copy each into ``data/models-<profile>/`` (atomically, replacing an older copy of
     the same key) and write the manifest. Returns the manifest. Folders of other keys are removed."""
     from . import profiles, training
     from .checkpoints import sha256_file
@@ -57,7 +58,8 @@ def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5")
     if mtl:
         for s in sets:
             e = Experiment(profile, s, seed, "cpu", run_dir)
-            jobs.append((e.mtl_artifact(), e.mtl))
+            for f in mtl_factors:
+                jobs.append((e.mtl_artifact(f), lambda e=e, f=f: e.mtl(steps_factor=f)))
     t0 = time.perf_counter()
     models = {}
     for art, train in jobs:
@@ -70,7 +72,7 @@ def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5")
         shutil.rmtree(dst, ignore_errors=True)
         os.replace(tmp, dst)
         rec = record.to_dict()
-        models[art.name] = {"key": art.key, "folder": f"{out_root.name}/{dst.name}",
+        models[f"{art.name}@{art.key}"] = {"name": art.name, "key": art.key, "folder": f"{out_root.name}/{dst.name}",
                             "files": {f.name: sha256_file(f) for f in sorted(dst.iterdir())},
                             "steps": rec["steps"], "wall_s": rec["wall_s"], "test": rec["metrics"].get("test"),
                             "val_tail": training.val_tail_improvement(rec)}
@@ -99,14 +101,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--sets", nargs="+", default=["nyu3", "taskonomy5"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mtl", action="store_true", help="ship the MTL model of each set too")
+    ap.add_argument("--mtl-factors", type=int, nargs="+", default=[1],
+                    help="MTL fine-tuning budgets as multiples of the profile's (default: 1; 1 4 adds the MTL 4x row)")
     ap.add_argument("--run-dir", default=None, help="where the models are trained (or found); "
                     "default: runs/ship-<profile>-<seed>")
     ap.add_argument("--data-dir", default=None, help="default: the repository's data/")
     args = ap.parse_args(argv)
     command = "python -m simo_lite.shipped " + " ".join(argv if argv is not None else sys.argv[1:])
-    m = ship(args.profile, args.sets, args.seed, args.mtl, args.run_dir, args.data_dir, command=command)
-    for name, info in m["models"].items():
-        print(f"{name}: {info['folder']} ({info['steps']} steps, {info['wall_s']:.0f} s, "
+    m = ship(args.profile, args.sets, args.seed, args.mtl, args.run_dir, args.data_dir, command=command,
+             mtl_factors=args.mtl_factors)
+    for info in m["models"].values():
+        print(f"{info['name']}: {info['folder']} ({info['steps']} steps, {info['wall_s']:.0f} s, "
               f"val-loss tail {100 * info['val_tail']:+.2f} %)")
     print(f"manifest: {manifest_path(args.profile, args.data_dir)}")
 

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 SOURCE = course.notebooks(["00"])[0]
 NAME = SOURCE.name
 CELL_TIMEOUT_S = 12
-LOOP_AT = "    counts = torch.bincount"         # a line of pixel_shares' solution: an endless loop goes before it
+LOOP_AT = "    positives = float(labels.sum())"  # a line of pos_weight's solution: an endless loop goes before it
 
 
 def _release():
@@ -101,7 +101,7 @@ def test_rebuild_takes_only_solution_cells_from_the_submission():
     source = nbformat.read(SOURCE, as_version=4)
     sub = _solved()
     _cell(sub, "00-q1-solution").source = 'answer_q1 = "c"'
-    sub.cells.remove(_cell(sub, "00-pixel_shares"))                              # a deleted test cell
+    sub.cells.remove(_cell(sub, "00-pos_weight"))                              # a deleted test cell
     _cell(sub, "00-q2").source = "pass  # retyped"                               # a retyped test cell
     dup = copy.deepcopy(_cell(sub, "00-q2-solution"))
     dup.source, dup["id"] = 'answer_q2 = "a"', "dup"
@@ -109,13 +109,13 @@ def test_rebuild_takes_only_solution_cells_from_the_submission():
     lost = _cell(sub, "00-depth_to_normals-solution")
     lost.metadata.pop("nbgrader")                                                # metadata lost: matched by id
     lost.source = "def depth_to_normals(d, f):\n    return 0"
-    sub.cells.remove(_cell(sub, "00-pixel_shares-solution"))                     # a missing solution: the stub
+    sub.cells.remove(_cell(sub, "00-pos_weight-solution"))                     # a missing solution: the stub
     nb, notes = grade.rebuild(source, sub, "exercises", {"profile": "smoke", "seed": 3, "nope": 1})
     by = {cells.grade_id(c): c for c in nb.cells if cells.grade_id(c)}
     assert by["00-q1-solution"].source == 'answer_q1 = "c"' and by["00-q2-solution"].source == 'answer_q2 = "a"'
     assert by["00-depth_to_normals-solution"].source.endswith("return 0")
-    assert "raise NotImplementedError" in by["00-pixel_shares-solution"].source
-    for gid in ("00-pixel_shares", "00-q2", "00-exercise-imports"):
+    assert "raise NotImplementedError" in by["00-pos_weight-solution"].source
+    for gid in ("00-pos_weight", "00-q2", "00-exercise-imports"):
         assert by[gid].source == _cell(source, gid).source and cells.HIDDEN_BEGIN in by["00-q2"].source
     assert [c.get("id") for c in nb.cells[:3]] == [next(c for c in source.cells if "parameters" in
                                                         c.metadata.get("tags", [])).get("id"),
@@ -139,11 +139,12 @@ def graded_class(tmp_path_factory):
     _write(_solved(rel), subs / f"alice_{NAME}")                               # fully correct
     _write(rel, subs / "bob" / NAME)                                            # empty: the release copy
     wrong = _solved(rel)
-    sol = _cell(wrong, "00-pixel_shares-solution")
-    sol.source = sol.source.replace("return counts.double() / seg.numel()", "return counts.double()")
-    _cell(wrong, "00-q1-solution").source = '# your answer\nanswer_q1 = "a"'
+    sol = _cell(wrong, "00-pos_weight-solution")
+    sol.source = sol.source.replace("return (labels.numel() - positives) / positives",
+                                    "return positives / (labels.numel() - positives)")
+    _cell(wrong, "00-q1-solution").source = '# your answer\nanswer_q1 = "b"'
     deleted = _solved(rel)
-    deleted.cells.remove(_cell(deleted, "00-pixel_shares"))                     # test cell deleted
+    deleted.cells.remove(_cell(deleted, "00-pos_weight"))                     # test cell deleted
     deleted.cells.remove(_cell(deleted, "00-exercise-imports"))                 # locked cell deleted
     _cell(deleted, "00-q2").source = "print('I changed the test')"              # test cell retyped
     lms = base / "lms"
@@ -158,7 +159,7 @@ def graded_class(tmp_path_factory):
     sol.source = "import nonexistent_module_xyz\n" + sol.source
     _write(broken, subs / f"erin-{NAME}")                                       # fails at import
     loops = _solved(rel)
-    sol = _cell(loops, "00-pixel_shares-solution")
+    sol = _cell(loops, "00-pos_weight-solution")
     sol.source = sol.source.replace(LOOP_AT, "    while True:\n        pass\n" + LOOP_AT)
     _write(loops, subs / "frank" / NAME)                                        # loops forever
     _write(nbformat.v4.new_notebook(), subs / "zoe_notes.ipynb")                # not a course notebook
@@ -183,36 +184,38 @@ def _rows(path: Path) -> list[list[str]]:
 def test_grades_csv(graded_class):
     out, _ = graded_class
     assert _rows(out / "grades.csv") == [
-        ["student", "notebook", "total", "max", "00-pixel_shares", "00-depth_to_normals", "00-q1", "00-q2"],
-        ["Carol Doe_1001", NAME, "3", "6", "0", "2", "0", "1"],      # wrong shares (not normalised), wrong q1
-        ["Dave Roe_1002", NAME, "6", "6", "2", "2", "1", "1"],       # deleted/retyped cells restored: all right
-        ["alice", NAME, "6", "6", "2", "2", "1", "1"],
-        ["bob", NAME, "0", "6", "0", "0", "0", "0"],
-        ["erin", NAME, "4", "6", "2", "0", "1", "1"],                # import error in one solution cell
-        ["frank", NAME, "4", "6", "0", "2", "1", "1"],               # infinite loop: that test only
+        ["student", "notebook", "total", "max", "00-pos_weight", "00-miou", "00-depth_to_normals", "00-q1", "00-q2"],
+        ["Carol Doe_1001", NAME, "5", "8", "0", "2", "2", "0", "1"],  # inverted weight, wrong q1
+        ["Dave Roe_1002", NAME, "8", "8", "2", "2", "2", "1", "1"],   # deleted/retyped cells restored: all right
+        ["alice", NAME, "8", "8", "2", "2", "2", "1", "1"],
+        ["bob", NAME, "0", "8", "0", "0", "0", "0", "0"],
+        ["erin", NAME, "6", "8", "2", "2", "0", "1", "1"],            # import error in one solution cell
+        ["frank", NAME, "6", "8", "0", "2", "2", "1", "1"],           # infinite loop: that test only
     ]
 
 
 def test_failures_csv(graded_class):
     out, _ = graded_class
-    assert_shares = 'line 4: assert ok_shares, "pixel_shares: the check above failed"'
+    assert_weight = 'line 4: assert ok_weight, "pos_weight: the check above failed"'
     def q(n, k):
         return f'line 3: assert checks.answer("00-q{n}", answer_q{n}, key="{k}"), "00-q{n}: wrong or missing answer"'
     assert _rows(out / "failures.csv") == [
         ["student", "notebook", "grade_id", "exception", "message", "line"],
-        ["Carol Doe_1001", NAME, "00-pixel_shares", "AssertionError", "pixel_shares: the check above failed",
-         assert_shares],
-        ["Carol Doe_1001", NAME, "00-q1", "AssertionError", "00-q1: wrong or missing answer", q(1, "b")],
-        ["bob", NAME, "00-pixel_shares", "AssertionError", "pixel_shares: the check above failed", assert_shares],
+        ["Carol Doe_1001", NAME, "00-pos_weight", "AssertionError", "pos_weight: the check above failed",
+         assert_weight],
+        ["Carol Doe_1001", NAME, "00-q1", "AssertionError", "00-q1: wrong or missing answer", q(1, "a")],
+        ["bob", NAME, "00-pos_weight", "AssertionError", "pos_weight: the check above failed", assert_weight],
+        ["bob", NAME, "00-miou", "AssertionError", "miou: the check above failed",
+         'line 3: assert ok_miou, "miou: the check above failed"'],
         ["bob", NAME, "00-depth_to_normals", "AssertionError", "depth_to_normals: the check above failed",
          'line 3: assert ok_normals, "depth_to_normals: the check above failed"'],
-        ["bob", NAME, "00-q1", "AssertionError", "00-q1: wrong or missing answer", q(1, "b")],
-        ["bob", NAME, "00-q2", "AssertionError", "00-q2: wrong or missing answer", q(2, "b")],
+        ["bob", NAME, "00-q1", "AssertionError", "00-q1: wrong or missing answer", q(1, "a")],
+        ["bob", NAME, "00-q2", "AssertionError", "00-q2: wrong or missing answer", q(2, "c")],
         ["erin", NAME, "00-depth_to_normals-solution", "ModuleNotFoundError",
          "No module named 'nonexistent_module_xyz'", "line 1: import nonexistent_module_xyz"],
         ["erin", NAME, "00-depth_to_normals", "NameError", "name 'depth_to_normals' is not defined",
          "line 1: ok_normals = checks.check_normals_from_depth(depth_to_normals)"],
-        ["frank", NAME, "00-pixel_shares", "CellTimeoutError",
+        ["frank", NAME, "00-pos_weight", "CellTimeoutError",
          f"the cell ran longer than {CELL_TIMEOUT_S} s and was interrupted", ""],
         ["", "zoe_notes.ipynb", "", "UnknownNotebook", "not one of the course notebooks (00, 01, 02, 03, 04, 05, 06, "
          "07, 08)", "zoe_notes.ipynb"],
@@ -224,7 +227,7 @@ def test_feedback_and_graded_notebooks(graded_class):
     pages = sorted(p.name for p in (out / "feedback").glob("*.html"))
     assert pages == ["Carol Doe_1001.html", "Dave Roe_1002.html", "alice.html", "bob.html", "erin.html", "frank.html"]
     carol = (out / "feedback" / "Carol Doe_1001.html").read_text()
-    assert "3 / 6" in carol and "00-q1: 0 / 1 points" in carol and "pixel_shares: the check above failed" in carol
+    assert "5 / 8" in carol and "00-q1: 0 / 1 points" in carol and "pos_weight: the check above failed" in carol
     assert "BEGIN HIDDEN TESTS" not in carol and "key=" not in carol          # the hidden code is not shown
     frank = nbformat.read(out / "graded" / "frank" / NAME, as_version=4)
     assert any(o.get("ename") == "CellTimeoutError" for c in frank.cells if c.cell_type == "code" for o in c.outputs)
@@ -234,14 +237,14 @@ def test_feedback_and_graded_notebooks(graded_class):
 def test_submission_timeout_skips_the_rest(tmp_path):
     """A per-submission budget smaller than the work: what is left is skipped and scores 0."""
     loops = _solved()
-    sol = _cell(loops, "00-pixel_shares-solution")
+    sol = _cell(loops, "00-pos_weight-solution")
     sol.source = sol.source.replace(LOOP_AT, "    while True:\n        pass\n" + LOOP_AT)
     t0 = time.perf_counter()
     r = grade.grade_notebook(SOURCE, loops, grade.Options(cell_timeout=60, timeout=8), student="slow")
     assert time.perf_counter() - t0 < 8 + 15                  # the budget, then the probe and the kernel's shutdown
-    assert r["total"] == 0 and r["max"] == 6
+    assert r["total"] == 0 and r["max"] == 8
     kinds = {f["grade_id"]: f["exception"] for f in r["failures"]}
-    assert kinds["00-pixel_shares"] in ("CellTimeoutError", "SubmissionTimeout")      # cut by the budget
+    assert kinds["00-pos_weight"] in ("CellTimeoutError", "SubmissionTimeout")        # cut by the budget
     assert kinds["00-q2"] == "SubmissionTimeout" and kinds["00-depth_to_normals"] == "SubmissionTimeout"
     assert "not run: the submission used its 8 s" in {f["message"] for f in r["failures"]}
 

@@ -211,6 +211,10 @@ def test_normalized_performance():
     assert ta["normals"] == pytest.approx(18.02 / 26.13)
     with pytest.raises(KeyError):
         normalized_performance({"edges": 0.5}, EXPERTS, LOWER)
+    # a higher-is-better score of 0 keeps nothing of the expert: 0.0, not undefined; zero denominators are NaN
+    edge = normalized_performance({"f1": 0.0, "err": 0.0, "f1b": 0.3}, {"f1": 0.4, "err": 0.2, "f1b": 0.0},
+                                  {"f1": False, "err": True, "f1b": False})
+    assert edge["f1"] == 0.0 and math.isnan(edge["err"]) and math.isnan(edge["f1b"])
 
 
 def test_fast_channel_helpers_match_torch():

@@ -7,6 +7,7 @@ For each ``notebooks/NN_*.ipynb`` this checks, on the notebook executed by the c
 - the ``parameters`` cell exists and holds only ``name = <literal>`` assignments, so papermill
   overrides work (it injects values after that cell and never re-runs expressions);
 - at least one figure was saved as PNG under ``<run_dir>/figures``;
+- the recap quotes numbers of the run's results JSON (tests/test_teaching.py, ``check_recap``);
 - the smoke run stays within its time budget (kernel start-up included).
 
 Rendered scenes are cached in a per-test directory (``SIMO_LITE_CACHE``), so every notebook is
@@ -96,5 +97,7 @@ def test_notebook_runs_in_profile(path, tmp_path, monkeypatch):
     _check_parameters_cell(executed, path.name)
     pngs = sorted((run_dir / "figures").rglob("*.png"))
     assert pngs, f"{path.name}: no PNG figure written under {run_dir / 'figures'}"
+    from test_teaching import check_recap                          # the recap quotes the run's results
+    check_recap(executed, run_dir, path.name)
     assert elapsed < BUDGET_S, f"{path.name}: {PROFILE} run took {elapsed:.1f} s (budget {BUDGET_S} s)"
     print(f"{path.name}: {PROFILE} run {elapsed:.1f} s, {len(pngs)} figure(s)")

@@ -16,16 +16,22 @@ def shipped_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("data")
     run_dir = tmp_path_factory.mktemp("ship-run")
     m = shipped.ship("smoke", sets=("depth,normals",), seed=0, mtl=True, run_dir=run_dir, data_dir=data_dir,
-                     command="test")
+                     command="test", mtl_factors=(1, 2))
+    m["by_name"] = {}
+    for info in m["models"].values():
+        m["by_name"].setdefault(info["name"], []).append(info)
     return data_dir, m
 
 
 def test_ship_writes_models_and_a_manifest(shipped_dir):
     data_dir, m = shipped_dir
-    assert set(m["models"]) == {"expert-depth", "expert-normals", "mtl-depth+normals"}
+    assert sorted(m["by_name"]) == ["expert-depth", "expert-normals", "mtl-depth+normals"]
+    assert len(m["by_name"]["mtl-depth+normals"]) == 2                     # MTL at 1x and 2x the budget
+    assert {i["steps"] for i in m["by_name"]["mtl-depth+normals"]} == {12, 18}   # probe 6 + FT 6 or 12
     on_disk = json.loads(shipped.manifest_path("smoke", data_dir).read_text())
     assert on_disk["models"].keys() == m["models"].keys() and on_disk["command"] == "test"
-    for info in m["models"].values():
+    for key, info in m["models"].items():
+        assert key == f"{info['name']}@{info['folder'].rsplit('-', 1)[1]}"
         folder = data_dir / info["folder"]
         assert (folder / "record.json").is_file() and (folder / "encoder.safetensors").is_file()
         assert not any(p.name.endswith("-state.safetensors") or p.name == "probe" for p in folder.iterdir())
@@ -44,10 +50,14 @@ def test_a_matching_run_loads_the_shipped_model_instead_of_training(shipped_dir,
     monkeypatch.setattr(training, "fit", no_training)
     exp = Experiment(profiles.get("smoke"), ("depth", "normals"), 0, "cpu", tmp_path / "run")
     model, record = exp.expert("depth")
-    assert record.metrics["test"] == m["models"]["expert-depth"]["test"]
-    assert (tmp_path / "run" / "models" / m["models"]["expert-depth"]["folder"].split("/")[1] / "record.json").is_file()
+    depth = m["by_name"]["expert-depth"][0]
+    assert record.metrics["test"] == depth["test"]
+    assert (tmp_path / "run" / "models" / depth["folder"].split("/")[1] / "record.json").is_file()
     _, mtl_record = exp.mtl()
-    assert mtl_record.metrics["test"] == m["models"]["mtl-depth+normals"]["test"]
+    _, mtl2_record = exp.mtl(steps_factor=2)
+    assert sorted([mtl_record.steps, mtl2_record.steps]) == [12, 18]
+    assert {mtl_record.metrics["test"]["depth"], mtl2_record.metrics["test"]["depth"]} == \
+        {i["test"]["depth"] for i in m["by_name"]["mtl-depth+normals"]}
 
 
 def test_another_seed_trains(shipped_dir, tmp_path, monkeypatch):
@@ -65,7 +75,7 @@ def test_a_damaged_shipped_model_is_not_used(shipped_dir, tmp_path, monkeypatch)
     copy = tmp_path / "data"
     import shutil
     shutil.copytree(data_dir, copy)
-    folder = copy / m["models"]["expert-normals"]["folder"]
+    folder = copy / m["by_name"]["expert-normals"][0]["folder"]
     (folder / "encoder.safetensors").write_bytes(b"not a checkpoint")
     monkeypatch.setattr(training, "SHIPPED_DIR", copy)
     _, record = Experiment(profiles.get("smoke"), ("normals",), 0, "cpu", tmp_path / "run").expert("normals")

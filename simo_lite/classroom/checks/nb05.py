@@ -1,72 +1,204 @@
-"""The checks of notebook 05 (Head realignment):
-``check_delta_m_ratio``, ``check_delta_m_eq2``, ``check_feature_cache_bytes``.
+"""The checks of notebook 05 (Head realignment): ``check_reestimate_bn`` and ``check_refit_head`` (built in
+the lesson), ``check_explained_share`` and ``check_one_head_metric`` (the exercises).
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable
 
 import torch
 
-from ._core import _Wrong, _call, _run, _number, _gen
+from ._core import _Wrong, _call, _run, _number, _tensor
 
-__all__ = ["check_delta_m_ratio", "check_delta_m_eq2", "check_feature_cache_bytes"]
+__all__ = ["check_reestimate_bn", "check_refit_head", "check_explained_share", "check_one_head_metric"]
 
 
-_DM_CASES = [
-    ("3 tasks, mixed directions", {"seg": 0.5, "depth": 0.8, "normals": 30.0},
-     {"seg": 0.6, "depth": 0.5, "normals": 20.0}, {"seg": False, "depth": True, "normals": True}),
-    ("a doubled error", {"depth": 1.0}, {"depth": 0.5}, {"depth": True}),
-    ("better than the baseline", {"seg": 0.7, "albedo": 0.05}, {"seg": 0.6, "albedo": 0.1},
-     {"seg": False, "albedo": True}),
+def _tiny(head: str = "linear", tasks=("seg", "depth"), n: int = 8, seed: int = 0, embed_dim: int = 8,
+          depth: int = 2, size: int = 16):
+    """A small SimoModel (ViT of ``depth`` blocks, ``head`` heads) and ``n`` rendered scenes of ``size`` px."""
+    from simo_lite import scenes
+    from simo_lite.models import SimoModel, make_encoder, make_head
+    enc = make_encoder(img_size=size, patch_size=8, embed_dim=embed_dim, depth=depth, num_heads=2, seed=seed)
+    taps = tuple(range(depth))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        heads = {t: make_head(head, t, embed_dim, len(taps), size) for t in tasks}
+    model = SimoModel(enc, heads, taps).eval()
+    return model, scenes.make_scenes(n, size=size, seed=seed + 7)
+
+
+def _expert_like_bn(model, seed: int) -> None:
+    """Give every BatchNorm of the heads running statistics of other features (as an expert's would be)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.heads.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+            m.num_batches_tracked.fill_(100)
+
+
+def _same_params(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def check_reestimate_bn(fn: Callable, strict: bool = False) -> bool:
+    """``fn(head, features, batch_size) -> head``: the head's BatchNorm running statistics recomputed
+    from cached features (N, L, 2C, h, w), no gradient step, the head returned in eval mode.
+
+    Compared with :func:`simo_lite.realign.bn_reestimate` on a linear head (one BatchNorm) and a conv
+    head (two, one behind the other), with batches that do not divide N evenly.
+    """
+    from simo_lite.realign import bn_reestimate
+    from simo_lite.training import cache_features
+
+    hint = ("(reset the running statistics, set momentum to None so that BatchNorm averages the statistics "
+            "of the batches, put the BatchNorms in train mode and run the features through in batches)")
+
+    def body(fn):
+        for kind, n, bs in (("linear", 10, 4), ("conv", 6, 6)):
+            model, data = _tiny(kind, n=n, seed=3)
+            _expert_like_bn(model, seed=4)
+            ref, _ = bn_reestimate(model, data, batch_size=bs)
+            feats = cache_features(model, data["image"])                      # (N, L, 2C, h, w)
+            for t in model.tasks:
+                case = f"a {kind} head ({t}), {n} feature maps in batches of {bs}"
+                head = copy.deepcopy(model.heads[t]).eval()
+                got = _call(fn, case, head, feats.clone(), bs)
+                if not isinstance(got, torch.nn.Module):
+                    raise _Wrong(f"return the head (a torch.nn.Module), got {type(got).__name__} ({case})")
+                if got.training:
+                    raise _Wrong(f"return the head in eval mode (head.eval()), so that it uses the new statistics "
+                                 f"({case})")
+                if not _same_params(got, model.heads[t]):
+                    raise _Wrong(f"the head's weights changed: re-estimation takes no gradient step ({case})")
+                want = dict(ref.heads[t].named_buffers())
+                for name, buf in got.named_buffers():
+                    if name.endswith(("running_mean", "running_var")):
+                        try:
+                            _tensor(buf, want[name], name, case, atol=1e-4, rtol=1e-4)
+                        except _Wrong as e:
+                            raise _Wrong(f"{e} {hint}") from None
+                for m, r in zip(got.modules(), model.heads[t].modules()):
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum != r.momentum:
+                        raise _Wrong(f"restore every BatchNorm's momentum afterwards: got {m.momentum}, "
+                                     f"expected {r.momentum} ({case})")
+    return _run("BatchNorm re-estimation", fn, body, strict)
+
+
+def _refit_reference(model, data, task: str, steps: int, lr: float, bs: int, seed: int):
+    """(losses, trained head) of ``training.fit`` on cached features with only ``task``'s head trainable."""
+    from simo_lite.training import cache_features, fit, set_trainable
+    model = copy.deepcopy(model)
+    feats = cache_features(model, data["image"])
+    set_trainable(model, False)
+    set_trainable(model.heads[task], True)
+    record = fit(model, {"image": data["image"], task: data[task]}, (task,), steps, lr, bs, seed=seed, features=feats)
+    return record.metrics["loss"], model.heads[task], feats
+
+
+def check_refit_head(fn: Callable, strict: bool = False) -> bool:
+    """``fn(head, features, labels, loss_fn, batches, lr) -> list of losses``: one AdamW step per index
+    tensor of ``batches`` on the cached features, the loss of every step returned, the head trained in
+    place and left in eval mode.
+
+    Compared with :func:`simo_lite.training.fit` on the same cached features and the same batches
+    (:func:`simo_lite.training.batch_indices`): the losses of every step and the trained weights.
+    """
+    from simo_lite.tasks import get_task
+    from simo_lite.training import batch_indices
+
+    def body(fn):
+        for kind, task, n, bs, steps, lr, seed in (("linear", "seg", 10, 4, 6, 3e-3, 1), ("conv", "depth", 8, 8, 5, 1e-2, 2)):
+            model, data = _tiny(kind, tasks=(task,), n=n, seed=seed)
+            ref_losses, ref_head, feats = _refit_reference(model, data, task, steps, lr, bs, seed)
+            batches = [batch_indices(n, bs, seed, s) for s in range(steps)]
+            case = f"a {kind} head ({task}), {n} cached feature maps, {steps} batches of {bs}, lr {lr}"
+            head = copy.deepcopy(model.heads[task])
+            got = _call(fn, case, head, feats.clone(), data[task].clone(), get_task(task).loss, batches, lr)
+            if isinstance(got, torch.Tensor) or not hasattr(got, "__len__"):
+                raise _Wrong(f"return the list of the {steps} step losses (floats), got {type(got).__name__} ({case})")
+            if len(got) != steps:
+                raise _Wrong(f"{len(got)} losses for {steps} batches: one optimiser step per batch ({case})")
+            got = [float(v) for v in got]
+            if not math.isclose(got[0], ref_losses[0], rel_tol=1e-4, abs_tol=1e-6):
+                raise _Wrong(f"the loss of step 1 is {got[0]:.6g}, expected {ref_losses[0]:.6g}: compute loss_fn("
+                             f"head(features[idx]), labels[idx]) with the head in train mode, before the step ({case})")
+            for k, (a, b) in enumerate(zip(got, ref_losses)):
+                if not math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-5):
+                    raise _Wrong(f"the loss of step {k + 1} is {a:.6g}, expected {b:.6g}: use AdamW(lr, weight_decay="
+                                 f"1e-4), one_cycle(opt, lr, len(batches), 0.1) stepped after every optimiser step, "
+                                 f"and clip the gradient norm at 25 ({case})")
+            if head.training:
+                raise _Wrong(f"leave the head in eval mode after training (head.eval()) ({case})")
+            for (name, p), q in zip(head.state_dict().items(), ref_head.state_dict().values()):
+                if p.is_floating_point():
+                    _tensor(p, q, f"the trained head's {name}", case, atol=1e-4, rtol=1e-3)
+    return _run("head refit on cached features", fn, body, strict)
+
+
+_SHARE_CASES = [
+    ("BN recovers half of the gain", (-0.20, -0.15, -0.10), 0.5),
+    ("BN recovers nothing", (-0.30, -0.30, -0.05), 0.0),
+    ("BN makes things worse", (-0.10, -0.14, 0.02), -1 / 3),
+    ("BN overshoots head realignment", (-0.10, -0.02, -0.06), 2.0),
+    ("head realignment gains only 0.5 points: noise", (-0.100, -0.050, -0.095), None),
+    ("head realignment loses 0.4 points: noise", (0.010, 0.020, 0.006), None),
 ]
 
 
-def _check_delta_m(fn, kind: str, title: str, strict: bool) -> bool:
-    from simo_lite.metrics import delta_m
+def check_explained_share(fn: Callable, strict: bool = False) -> bool:
+    """``fn(dm_merged, dm_bn, dm_head, noise=0.01) -> float or None``: the share of head realignment's
+    Δm gain that BN re-estimation alone brings, (dm_bn − dm_merged) / (dm_head − dm_merged); None when
+    head realignment's gain is within ``noise`` (|dm_head − dm_merged| < noise), a share of noise
+    being meaningless. Compared with that formula on hand-made cases.
+    """
+    def body(fn):
+        for case, args, expected in _SHARE_CASES:
+            got = _call(fn, case, *args)
+            if expected is None:
+                if got is not None:
+                    raise _Wrong(f"got {got!r}, expected None: a gain of {100 * (args[2] - args[0]):+.1f} points is "
+                                 f"within the noise of 1 point, so there is no share to compute ({case})")
+                continue
+            if got is None:
+                raise _Wrong(f"got None, but head realignment gains {100 * (args[2] - args[0]):+.1f} points, more "
+                             f"than the noise ({case})")
+            if isinstance(got, (int, float)) and not isinstance(got, bool) and expected != 0 \
+                    and math.isclose(got, 100 * expected):
+                raise _Wrong(f"got {got:.4g}: return a fraction (0.5 for half), not a percentage ({case})")
+            _number(got, expected, "the share", case)
+        got = _call(fn, "noise = 0.001", -0.100, -0.050, -0.095, 0.001)
+        if got is None:
+            raise _Wrong("with noise=0.001 a gain of 0.5 points is no longer within the noise: use the `noise` argument")
+        _number(got, 10.0, "the share", "noise = 0.001, a 0.5-point gain")
+    return _run("share of the gain explained by BN re-estimation", fn, body, strict)
+
+
+def check_one_head_metric(fn: Callable, strict: bool = False) -> bool:
+    """``fn(model, val, test, task, n_images, steps, lr, batch_size, seed=0) -> float``: the test metric
+    of ``task`` after realigning that head alone on the first ``n_images`` validation images.
+
+    Compared with :func:`simo_lite.realign.head_realign` on the sliced split (tasks ``(task,)``) then
+    :func:`simo_lite.training.evaluate` on ``test``; ``model`` must stay unchanged.
+    """
+    from simo_lite.realign import head_realign
+    from simo_lite.training import evaluate
 
     def body(fn):
-        for case, m, b, low in _DM_CASES:
-            got = _call(fn, case, dict(m), dict(b), dict(low))
-            expected = delta_m(m, b, low, kind=kind)
-            if isinstance(got, (int, float)) and not isinstance(got, bool) and math.isclose(got, 100 * expected):
-                raise _Wrong(f"got {got:.4g}: return a fraction (-0.275 for -27.5 %), not a percentage ({case})")
-            _number(got, expected, "Δm", case)
-    return _run(title, fn, body, strict)
-
-
-def check_delta_m_ratio(fn: Callable, strict: bool = False) -> bool:
-    """``fn(metrics, baseline, lower_is_better) -> float``: mean_t normalised_t − 1 (the paper's tables).
-
-    normalised_t = M_t / B_t, or B_t / M_t when lower is better; a fraction. Compared with
-    :func:`simo_lite.metrics.delta_m` (``kind="ratio"``).
-    """
-    return _check_delta_m(fn, "ratio", "Δm, ratio form", strict)
-
-
-def check_delta_m_eq2(fn: Callable, strict: bool = False) -> bool:
-    """``fn(metrics, baseline, lower_is_better) -> float``: mean_t (−1)^l_t (M_t − B_t) / B_t (Eq. 2).
-
-    A fraction; compared with :func:`simo_lite.metrics.delta_m` (``kind="relative"``).
-    """
-    return _check_delta_m(fn, "relative", "Δm, Eq. 2", strict)
-
-
-def check_feature_cache_bytes(fn: Callable, strict: bool = False) -> bool:
-    """``fn(n_images, n_taps, embed_dim, image_size, patch_size) -> int``: bytes of a float32 feature cache.
-
-    The cache holds ``models.encoder_features`` of every image: (N, L, 2C, h, w) float32, h = w =
-    image_size / patch_size. Compared with the size of real features from a small encoder.
-    """
-    from simo_lite.models import encoder_features, make_encoder
-
-    def body(fn):
-        for n, c, s, p in ((3, 16, 16, 4), (2, 8, 16, 8)):
-            taps = (0, 1)
-            enc = make_encoder(img_size=s, patch_size=p, embed_dim=c, depth=2, num_heads=4, seed=0).eval()
-            with torch.no_grad():
-                feats = encoder_features(enc, torch.rand(n, 3, s, s, generator=_gen(17)), taps)
-            expected = feats.numel() * feats.element_size()
-            case = f"{n} images, {len(taps)} taps, embed_dim={c}, image_size={s}, patch_size={p}"
-            _number(_call(fn, case, n, len(taps), c, s, p), expected, "the cache size in bytes", case, integer=True)
-    return _run("feature cache size", fn, body, strict)
+        model, data = _tiny("linear", tasks=("seg", "depth", "normals"), n=14, seed=5)
+        val = {k: v[:10] for k, v in data.items()}
+        test = {k: v[10:] for k, v in data.items()}
+        before = copy.deepcopy(model.state_dict())
+        for task, n_img, steps, bs in (("depth", 6, 4, 4), ("seg", 10, 3, 8)):
+            case = f"{task} on the first {n_img} of 10 validation images, {steps} steps of batch {bs}"
+            new, _ = head_realign(model, {k: v[:n_img] for k, v in val.items()}, (task,), steps=steps, lr=3e-3,
+                                  batch_size=bs, seed=1)
+            expected = evaluate(new, test, (task,))[task]
+            got = _call(fn, case, model, val, test, task, n_img, steps, 3e-3, bs, 1)
+            if isinstance(got, dict):
+                raise _Wrong(f"return the one number of {task!r}, not a dict ({case})")
+            _number(got, expected, f"the test metric of {task}", case, atol=1e-5, rtol=1e-4)
+            if any(not torch.equal(v, before[k]) for k, v in model.state_dict().items()):
+                raise _Wrong(f"your function changed the model it was given: realign a copy ({case})")
+    return _run("one head realigned on a subset", fn, body, strict)

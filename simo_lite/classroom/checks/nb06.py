@@ -1,66 +1,201 @@
-"""The checks of notebook 06 (Representation realignment): ``check_lora_param_count``, ``check_fold_lora``."""
+"""The checks of notebook 06 (Representation realignment): ``check_block_adapter`` and ``check_adapter_steps``
+(built in the lesson), ``check_steps_verdict`` and ``check_adapters_only`` (the exercises)."""
 from __future__ import annotations
 
+import copy
+import math
 from typing import Callable
 
 import torch
 
-from ._core import _call, _run, _tensor, _number, _gen
+from ._core import _Wrong, _call, _gen, _run, _tensor
+from .nb05 import _tiny
 
-__all__ = ["check_lora_param_count", "check_fold_lora"]
+__all__ = ["check_block_adapter", "check_adapter_steps", "check_steps_verdict", "check_adapters_only"]
 
 
-def _tiny_lora(rank: int, embed_dim: int = 16, depth: int = 2, seed: int = 0):
-    from simo_lite.models import make_encoder
-    from simo_lite.realign import add_lora
-    enc = make_encoder(img_size=16, patch_size=8, embed_dim=embed_dim, depth=depth, num_heads=4, seed=seed)
+def check_block_adapter(fn: Callable, strict: bool = False) -> bool:
+    """``fn(dim, rank) -> torch.nn.Module``: the block adapter x ↦ x + B A x on tokens (..., dim), with
+    ``down`` (A, a bias-free ``Linear(dim, rank)``) and ``up`` (B, a bias-free ``Linear(rank, dim)``,
+    zero at initialisation).
+
+    Compared with :class:`simo_lite.realign.BlockAdapter`: the shapes, B = 0 (output = input at the
+    start), 2·dim·rank parameters, and the same output as the package's adapter for the same weights.
+    """
+    from simo_lite.realign import BlockAdapter
+
+    def body(fn):
+        for dim, rank in ((8, 2), (12, 3)):
+            case = f"dim={dim}, rank={rank}"
+            got = _call(fn, case, dim, rank)
+            if not isinstance(got, torch.nn.Module):
+                raise _Wrong(f"return a torch.nn.Module, got {type(got).__name__} ({case})")
+            for name, shape in (("down", (rank, dim)), ("up", (dim, rank))):
+                layer = getattr(got, name, None)
+                if not isinstance(layer, torch.nn.Linear):
+                    raise _Wrong(f"the adapter needs an attribute `{name}`, a torch.nn.Linear ({case})")
+                if tuple(layer.weight.shape) != shape:
+                    raise _Wrong(f"`{name}.weight` has shape {tuple(layer.weight.shape)}, expected {shape}: "
+                                 f"{'A maps C to r' if name == 'down' else 'B maps r back to C'} ({case})")
+                if layer.bias is not None:
+                    raise _Wrong(f"`{name}` has a bias: the adapter is B A x, no bias (bias=False) ({case})")
+            if torch.count_nonzero(got.up.weight):
+                raise _Wrong(f"B (`up.weight`) must start at zero, so the adapted block starts as the merged one ({case})")
+            if not torch.count_nonzero(got.down.weight):
+                raise _Wrong(f"A (`down.weight`) is all zeros: with B = 0 too, no gradient would ever reach either "
+                             f"(keep Linear's random initialisation for A) ({case})")
+            n_params = sum(p.numel() for p in got.parameters())
+            if n_params != 2 * dim * rank:
+                raise _Wrong(f"{n_params} parameters, expected 2 x dim x rank = {2 * dim * rank} ({case})")
+            x = torch.randn(2, 5, dim, generator=_gen(20 + dim))                 # (B, tokens, C)
+            with torch.no_grad():
+                _tensor(_call(fn(dim, rank).eval(), case, x.clone()), x, "the output at initialisation", case)
+            ref = BlockAdapter(dim, rank)
+            with torch.no_grad():
+                ref.up.weight.copy_(0.3 * torch.randn(dim, rank, generator=_gen(21)))
+                got.down.weight.copy_(ref.down.weight)
+                got.up.weight.copy_(ref.up.weight)
+                for shape in ((2, 5, dim), (3, dim)):
+                    x = torch.randn(*shape, generator=_gen(22))
+                    _tensor(_call(got, case, x.clone()), ref(x), f"the output on {shape} tokens with B != 0",
+                            f"{case}, the package's weights copied in", atol=1e-5, rtol=1e-4)
+    return _run("block adapter", fn, body, strict)
+
+
+def _adapted(seed: int, rank: int = 2, tasks=("seg", "normals"), n: int = 8):
+    """A small model with block adapters (the package's), encoder weights frozen, adapters + heads trainable."""
+    from simo_lite.realign import add_block_adapters
+    from simo_lite.training import set_trainable
+    model, data = _tiny("linear", tasks=tasks, n=n, seed=seed)
+    set_trainable(model, False)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        wrapper = add_lora(enc, rank=rank)
-    return enc, wrapper
+        adapters = add_block_adapters(model.encoder, rank)
+    with torch.no_grad():                                     # B != 0: a gradient reaches A from step 1
+        for a in adapters:
+            a.up.weight.copy_(0.05 * torch.randn(a.up.weight.shape, generator=_gen(seed + 30)))
+    for m in (*adapters, *model.heads.values()):
+        set_trainable(m, True)
+    return model, data
 
 
-def check_lora_param_count(fn: Callable, strict: bool = False) -> bool:
-    """``fn(depth, embed_dim, rank) -> int``: LoRA parameters on qkv, proj, fc1 and fc2 of every block.
+def check_adapter_steps(fn: Callable, strict: bool = False) -> bool:
+    """``fn(model, data, loss_fns, batches, lr) -> list of losses``: one AdamW step per index tensor of
+    ``batches`` on the mean of the task losses, for the parameters with ``requires_grad`` (the adapters and
+    the heads), the model trained in place and left in eval mode.
 
-    Compared with the trainable ``lora_`` parameters PEFT adds through :func:`simo_lite.realign.add_lora`
-    to a small ViT (MLP ratio 4).
+    Compared with :func:`simo_lite.training.fit` on the same model and the same batches
+    (:func:`simo_lite.training.batch_indices`): every step's loss, the trained weights, and the frozen
+    encoder weights unchanged.
     """
-    def body(fn):
-        for depth, c, r in ((2, 16, 4), (1, 32, 2)):
-            enc, _ = _tiny_lora(r, embed_dim=c, depth=depth)
-            expected = sum(p.numel() for n, p in enc.named_parameters() if "lora_" in n)
-            case = f"depth={depth}, embed_dim={c}, rank={r}"
-            _number(_call(fn, case, depth, c, r), expected, "the LoRA parameter count", case, integer=True)
-    return _run("LoRA parameter count", fn, body, strict)
-
-
-def check_fold_lora(fn: Callable, strict: bool = False) -> bool:
-    """``fn(weight, lora_A, lora_B, scaling) -> tensor``: the folded weight W + scaling · B A.
-
-    ``weight`` (out, in), ``lora_A`` (r, in), ``lora_B`` (out, r). Compared with the weight that
-    :func:`simo_lite.realign.fold_lora` (PEFT's merge_and_unload) writes into a small ViT.
-    """
-    from simo_lite.realign import fold_lora
+    from simo_lite.tasks import get_task
+    from simo_lite.training import batch_indices, fit
 
     def body(fn):
-        enc, wrapper = _tiny_lora(4)
-        g = _gen(18)
-        layers = {}
-        with torch.no_grad():
-            for name in ("blocks.0.attn.qkv", "blocks.1.mlp.fc2"):
-                layer = enc.get_submodule(name)
-                layer.lora_B["default"].weight.copy_(0.1 * torch.randn(layer.lora_B["default"].weight.shape,
-                                                                         generator=g))
-                layers[name] = (layer.base_layer.weight.clone(), layer.lora_A["default"].weight.clone(),
-                                layer.lora_B["default"].weight.clone(), float(layer.scaling["default"]))
-        folded = fold_lora(wrapper)
-        for name, (w, a, b, s) in layers.items():
-            case = f"{name}: weight {tuple(w.shape)}, rank {a.shape[0]}, scaling {s}"
-            _tensor(_call(fn, case, w.clone(), a.clone(), b.clone(), s), folded.get_submodule(name).weight,
-                    "the folded weight", case, atol=1e-6, rtol=1e-5, check_dtype="exact")
-            w2, s2 = w.clone(), 0.5
-            case = f"{name} with scaling {s2}"
-            _tensor(_call(fn, case, w2, a.clone(), b.clone(), s2), w + s2 * b @ a, "the folded weight", case,
-                    atol=1e-6, rtol=1e-5, check_dtype="exact")
-    return _run("folding LoRA", fn, body, strict)
+        for seed, n, bs, steps, lr in ((1, 8, 4, 5, 3e-3), (2, 6, 6, 4, 1e-2)):
+            model, data = _adapted(seed, n=n)
+            tasks = model.tasks
+            ref = copy.deepcopy(model)
+            ref_losses = fit(ref, data, tasks, steps, lr, bs, seed=seed).metrics["loss"]
+            batches = [batch_indices(n, bs, seed, s) for s in range(steps)]
+            case = f"adapters + heads {', '.join(tasks)}, {steps} batches of {bs}, lr {lr}"
+            got = _call(fn, case, model, data, {t: get_task(t).loss for t in tasks}, batches, lr)
+            if isinstance(got, torch.Tensor) or not hasattr(got, "__len__"):
+                raise _Wrong(f"return the list of the {steps} step losses (floats), got {type(got).__name__} ({case})")
+            if len(got) != steps:
+                raise _Wrong(f"{len(got)} losses for {steps} batches: one optimiser step per batch ({case})")
+            got = [float(v) for v in got]
+            if not math.isclose(got[0], ref_losses[0], rel_tol=1e-4, abs_tol=1e-6):
+                raise _Wrong(f"the loss of step 1 is {got[0]:.6g}, expected {ref_losses[0]:.6g}: the unweighted mean "
+                             f"over the tasks of loss_fns[t](model.heads[t](model.features(images)), labels[t]), in "
+                             f"train mode ({case})")
+            for k, (a, b) in enumerate(zip(got, ref_losses)):
+                if not math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-5):
+                    raise _Wrong(f"the loss of step {k + 1} is {a:.6g}, expected {b:.6g}: use AdamW(lr, weight_decay="
+                                 f"1e-4) on the parameters with requires_grad, one_cycle(opt, lr, len(batches), 0.1) "
+                                 f"stepped after every optimiser step, and clip the gradient norm at 25 ({case})")
+            if model.training:
+                raise _Wrong(f"leave the model in eval mode after training (model.eval()) ({case})")
+            want = ref.state_dict()
+            for name, p in model.state_dict().items():
+                if p.is_floating_point():
+                    _tensor(p, want[name], f"the trained model's {name}", case, atol=1e-4, rtol=1e-3)
+    return _run("joint training loop of adapters and heads", fn, body, strict)
+
+
+_VERDICT_CASES = [
+    ("still rising", {50: -0.20, 100: -0.12, 200: -0.05}, "rising"),
+    ("flat at the end", {50: -0.20, 100: -0.10, 200: -0.095}, "flat"),
+    ("falling at the end", {100: -0.05, 200: -0.08}, "falling"),
+    ("steps given out of order", {200: -0.08, 25: -0.30, 100: -0.10}, "rising"),
+    ("a rise of 0.9 points is noise", {3: 0.100, 6: 0.109}, "flat"),
+]
+
+
+def check_steps_verdict(fn: Callable, strict: bool = False) -> bool:
+    """``fn(dm_by_steps, noise=0.01) -> str``: "rising", "falling" or "flat", comparing Δm at the two
+    largest step budgets of ``{steps: Δm}`` (fractions): "flat" when they differ by less than ``noise``.
+    Compared with that rule on hand-made curves.
+    """
+    def body(fn):
+        for case, curve, expected in _VERDICT_CASES:
+            got = _call(fn, case, dict(curve))
+            if not isinstance(got, str):
+                raise _Wrong(f"return one of the strings 'rising', 'falling', 'flat', got {type(got).__name__} ({case})")
+            if got != expected:
+                last = sorted(curve)[-2:]
+                raise _Wrong(f"got {got!r}, expected {expected!r}: from {last[0]} to {last[1]} steps Δm moves "
+                             f"{100 * (curve[last[1]] - curve[last[0]]):+.1f} points, noise 1 point ({case})")
+        got = _call(fn, "noise = 0.001", {3: 0.100, 6: 0.109}, 0.001)
+        if got != "rising":
+            raise _Wrong(f"with noise=0.001 a rise of 0.9 points is a rise: got {got!r}; use the `noise` argument")
+    return _run("reading the steps curve", fn, body, strict)
+
+
+def check_adapters_only(fn: Callable, strict: bool = False) -> bool:
+    """``fn(model, val, rank, steps, lr, batch_size, seed=0) -> (model, record)``: a copy of ``model``
+    with block adapters of rank ``rank`` trained alone (encoder weights and heads frozen) on ``val``
+    with every task's loss, and the training's :class:`simo_lite.training.RunRecord`.
+
+    Checked on a small model: ``model`` unchanged; in the copy the heads and the merged weights are
+    exactly the input's (their parameters; the heads' BatchNorm statistics may follow the new features),
+    one adapter per block with B moved away from zero; the record counts
+    ``steps`` steps and exactly the adapters' 2·C·r per block as trainable.
+    """
+    from simo_lite.realign import AdaptedBlock
+
+    def body(fn):
+        for seed, rank, steps in ((1, 2, 3), (2, 3, 2)):
+            model, data = _tiny("linear", tasks=("seg", "depth"), n=8, seed=seed)
+            C, depth = model.encoder.embed_dim, len(model.encoder.blocks)
+            before = copy.deepcopy(model.state_dict())
+            case = f"{depth} blocks of width {C}, rank {rank}, {steps} steps"
+            got = _call(fn, case, model, data, rank, steps, 3e-3, 4, seed)
+            if not (isinstance(got, tuple) and len(got) == 2):
+                raise _Wrong(f"return a pair (the trained copy, its RunRecord), got {type(got).__name__} ({case})")
+            new, record = got
+            if any(not torch.equal(v, before[k]) for k, v in model.state_dict().items()):
+                raise _Wrong(f"the model you were given changed: train a copy (copy.deepcopy) ({case})")
+            blocks = list(getattr(getattr(new, "encoder", None), "blocks", []))
+            if len(blocks) != depth or not all(isinstance(b, AdaptedBlock) for b in blocks):
+                raise _Wrong(f"the copy needs an adapter after each of its {depth} blocks "
+                             f"(realign.add_block_adapters) ({case})")
+            state = dict(new.named_parameters())
+            for k, v in dict(model.named_parameters()).items():
+                k_new = k
+                if k.startswith("encoder.blocks."):                     # blocks.i.x -> blocks.i.block.x
+                    i, rest = k[len("encoder.blocks."):].split(".", 1)
+                    k_new = f"encoder.blocks.{i}.block.{rest}"
+                mine = state.get(k_new)
+                if mine is None or not torch.equal(mine.detach().cpu(), v.detach()):
+                    what = "a head" if k.startswith("heads.") else "a merged encoder weight"
+                    raise _Wrong(f"{what} changed ({k}): only the adapters train here, freeze everything else "
+                                 f"(training.set_trainable(copy, False) before adding them) ({case})")
+            if not all(torch.count_nonzero(b.adapter.up.weight) for b in blocks):
+                raise _Wrong(f"an adapter's B is still zero: the adapters did not train ({case})")
+            if getattr(record, "steps", None) != steps:
+                raise _Wrong(f"the record counts {getattr(record, 'steps', None)} steps, expected {steps} ({case})")
+            if getattr(record, "trainable_params", None) != depth * 2 * C * rank:
+                raise _Wrong(f"the record counts {getattr(record, 'trainable_params', None)} trainable parameters, "
+                             f"expected the adapters' {depth} x 2 x {C} x {rank} = {depth * 2 * C * rank} ({case})")
+    return _run("adapters trained alone", fn, body, strict)

@@ -1,44 +1,100 @@
-"""The checks of notebook 08 (Task relationships): ``check_tall_mask``, ``check_tv_cosine``."""
+"""The checks of notebook 08 (Task relationships).
+
+The lesson: ``check_lambda_probe`` (the paper's probe θ₀ + λ τ_p, compared with
+``simo_lite.merging.task_arithmetic`` on one task vector). The exercises: ``check_retention_per_task``,
+``check_taskwise_merge``.
+"""
 from __future__ import annotations
 
 from typing import Callable
 
-from ._core import _call, _run, _tensor, _toy_tvs
+import torch
 
-__all__ = ["check_tall_mask", "check_tv_cosine"]
+from ._core import _Wrong, _call, _run, _number, _state_dict, _toy_state, _toy_tvs
+
+__all__ = ["check_lambda_probe", "check_retention_per_task", "check_taskwise_merge"]
 
 
-def check_tall_mask(fn: Callable, strict: bool = False) -> bool:
-    """``fn(tau_t, tau_mtl, lam) -> bool tensor``: TALL's mask |τ_t| ≥ λ · |τ_MTL − τ_t| for one tensor.
+def check_lambda_probe(fn: Callable, strict: bool = False) -> bool:
+    """``fn(theta_0, tau_p, lams, score) -> {float(lam): score(theta_0 + lam * tau_p)}``: the paper's probe.
 
-    Compared with :func:`simo_lite.merging.tall_masks` (τ_MTL = Σ_t τ_t).
+    Every encoder handed to ``score`` is compared with ``merging.task_arithmetic(theta_0, {p: tau_p}, lam)``
+    (dtypes kept, integer buffers copied), and the result's keys and values with the scores of those
+    encoders; ``theta_0`` must stay unchanged.
     """
-    from simo_lite.merging import tall_masks
+    from simo_lite.merging import task_arithmetic
+
+    def score(state):
+        return {"a": float(state["w"].double().sum()), "b": float(state["b"].double().norm())}
 
     def body(fn):
-        tvs = _toy_tvs(19)
-        tau_mtl = {k: sum(tv[k] for tv in tvs.values()) for k in tvs["task0"]}
-        for lam in (0.2, 0.6, 1.0):
-            masks = tall_masks(tvs, lam)
-            for t in ("task0", "task2"):
-                case = f"{t} of 3 random task vectors, tensor 'w' (4, 3), lam={lam}"
-                _tensor(_call(fn, case, tvs[t]["w"].clone(), tau_mtl["w"].clone(), lam), masks[t]["w"], "the mask",
-                        case, check_dtype="exact")
-    return _run("TALL mask", fn, body, strict)
+        theta_0, tau = _toy_state(50), _toy_tvs(51)["task0"]
+        lams = [0.0, 0.5, 1.0, 1.5]
+        case = f"a task vector of two tensors, lams {lams}, theta_0 with an int64 buffer"
+        seen, before = [], {k: v.clone() for k, v in theta_0.items()}
+        got = _call(fn, case, theta_0, {k: v.clone() for k, v in tau.items()}, list(lams),
+                    lambda state: (seen.append(state), score(state))[1])
+        if not isinstance(got, dict):
+            raise _Wrong(f"expected a dict {{lam: score}}, got {type(got).__name__} ({case})")
+        if list(got) != lams:
+            raise _Wrong(f"the keys are {list(got)}, expected the lams in order as floats, {lams} ({case})")
+        if len(seen) != len(lams):
+            raise _Wrong(f"score was called {len(seen)} times, expected once per lam ({len(lams)}) ({case})")
+        for lam, state in zip(lams, seen):
+            expected = task_arithmetic(before, {"p": tau}, lam)
+            _state_dict(state, expected, f"the encoder at lam={lam}", case, check_dtype="exact")
+            want = score(expected)
+            if not isinstance(got[lam], dict) or set(got[lam]) != set(want):
+                raise _Wrong(f"the value at lam={lam} should be what score returned for that encoder, {want}, "
+                             f"got {got[lam]!r} ({case})")
+            for t, v in want.items():
+                _number(got[lam][t], v, f"score {t!r} at lam={lam}", case)
+        _state_dict(theta_0, before, "theta_0 after the probe (it must not change)", case)
+    return _run("the lambda probe", fn, body, strict)
 
 
-def check_tv_cosine(fn: Callable, strict: bool = False) -> bool:
-    """``fn(task_vectors) -> (T, T) tensor``: cosine similarity of the flattened task vectors.
+def _retention(curve: dict) -> float:
+    """rho with n(k_max) = n(k_min) * rho ** (k_max - k_min)."""
+    lo, hi = min(curve), max(curve)
+    return (curve[hi] / curve[lo]) ** (1 / (hi - lo))
 
-    All tensors of a task vector are flattened into one vector; rows and columns in the dict's task
-    order. Compared with :func:`simo_lite.merging.tv_cosine`.
+
+def check_retention_per_task(fn: Callable, strict: bool = False) -> bool:
+    """``fn(curve) -> float``: the factor ρ per added task that fits the end points of a curve {k: mean
+    normalised performance}, n(k_max) = n(k_min) ρ^(k_max − k_min).
+
+    No package counterpart; the reference is that formula, ρ = (n(k_max) / n(k_min))^(1 / (k_max − k_min)).
     """
-    from simo_lite.merging import tv_cosine
+    def body(fn):
+        cases = [("the paper's Taskonomy curve", {1: 1.0, 2: 0.39, 3: 0.22, 4: 0.18, 5: 0.15}),
+                 ("a curve from k=2 to k=4", {2: 0.8, 3: 0.5, 4: 0.2}),
+                 ("a flat curve", {1: 0.9, 2: 0.9}),
+                 ("a curve listed out of order", {3: 0.3, 1: 1.0, 2: 0.6})]
+        for case, curve in cases:
+            _number(_call(fn, case, dict(curve)), _retention(curve), "rho", case, atol=1e-9)
+    return _run("retention per added task", fn, body, strict)
+
+
+def check_taskwise_merge(fn: Callable, strict: bool = False) -> bool:
+    """``fn(theta_0, task_vectors, lam) -> state dict``: θ₀ + Σ_t λ_t τ_t with one coefficient per task.
+
+    Reference: ``merging.apply_layer_coefficients`` with every layer group of task t at λ_t (one column).
+    """
+    from simo_lite.merging import apply_layer_coefficients, layer_groups
 
     def body(fn):
-        tvs = _toy_tvs(20, 4)
-        tvs["task3"] = {k: -2 * v for k, v in tvs["task0"].items()}       # cosine -1 with task0
-        case = "4 task vectors of two tensors each (task3 = -2 x task0)"
-        _tensor(_call(fn, case, {t: {k: v.clone() for k, v in tv.items()} for t, tv in tvs.items()}), tv_cosine(tvs),
-                "the cosine matrix", case, atol=1e-5, check_dtype="none")
-    return _run("task-vector cosine", fn, body, strict)
+        theta_0, tvs = _toy_state(52), _toy_tvs(53)
+        groups = sorted(set(layer_groups(theta_0).values()))
+        for lam in ({"task0": 0.3, "task1": 0.3, "task2": 0.3}, {"task0": 1.0, "task1": 0.0, "task2": 0.5},
+                    {"task2": -0.2, "task0": 0.7, "task1": 0.1}):
+            case = f"3 task vectors, lam {lam}, theta_0 with an int64 buffer"
+            expected = apply_layer_coefficients(theta_0, tvs, [[lam[t]] * len(groups) for t in tvs], groups)
+            got = _call(fn, case, {k: v.clone() for k, v in theta_0.items()},
+                        {t: {k: v.clone() for k, v in tv.items()} for t, tv in tvs.items()}, dict(lam))
+            _state_dict(got, expected, "the merged state", case, check_dtype="exact")
+        half = {k: v.half() if v.is_floating_point() else v for k, v in theta_0.items()}
+        case = "float16 theta_0 (the merged tensors stay float16)"
+        got = _call(fn, case, {k: v.clone() for k, v in half.items()}, tvs, {"task0": 0.5, "task1": 0.5, "task2": 0.5})
+        expected = apply_layer_coefficients(half, tvs, [[0.5] * len(groups)] * 3, groups)
+        _state_dict(got, expected, "the merged state", case, atol=1e-2, check_dtype="exact")
+    return _run("task-wise merge", fn, body, strict)
