@@ -125,14 +125,18 @@ def plot(result: dict, path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 3.8), squeeze=False)
     for ax, s in zip(axes[0], sets):
         r = result["sets"][s]
-        for name, pts in r["curve"].items():
+        ticks: set[int] = set()
+        for i, (name, pts) in enumerate(r["curve"].items()):
             steps = sorted(int(k) for k in pts)
+            ticks.update(steps)
             get = lambda k, split: pts[k][split] if k in pts else pts[str(k)][split]  # noqa: E731
             for split, style in (("val", "-o"), ("test", "--x")):
-                ax.plot(steps, [100 * get(k, split) for k in steps], style,
+                ax.plot(steps, [100 * get(k, split) for k in steps], style, color=f"C{i}",
                         label=f"{'head realign' if name == 'head' else 'block adapters'} ({split}, lr {r['lr'][name]:g})")
         ax.axhline(100 * r["merged"]["test"], color="0.5", lw=1, label="TA, no fix (test)")
         ax.set_xscale("log")
+        ax.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])
+        ax.minorticks_off()
         ax.set(title=f"{s}: realignment budget", xlabel="realignment steps (log scale)", ylabel="Δm (ratio), %")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -156,10 +160,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--budget", type=int, default=800, help="experts' and MTL fine-tuning steps (the matched budget)")
     ap.add_argument("--invariance-steps", type=int, default=1000)
+    ap.add_argument("--out", default=None, help="output files' stem (default: runs/bench/realign-curves-<profile>-<seed>)")
     args = ap.parse_args(argv)
     result = run(args.profile, args.sets, args.seed, args.run_dir, finetune_steps=args.budget,
                  mtl_finetune_steps=args.budget, invariance_steps=args.invariance_steps)
-    out = REPO / "runs" / "bench" / f"realign-curves-{args.profile}-{args.seed}"
+    out = Path(args.out) if args.out else REPO / "runs" / "bench" / f"realign-curves-{args.profile}-{args.seed}"
     write_json_atomic(out.with_suffix(".json"), result)
     write_text(out.with_suffix(".md"), markdown(result))
     plot(result, out.with_suffix(".png"))

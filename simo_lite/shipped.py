@@ -37,10 +37,11 @@ def manifest_path(profile_name: str, data_dir: str | Path | None = None) -> Path
 
 def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5"), seed: int = 0,
          mtl: bool = True, run_dir: str | Path | None = None, data_dir: str | Path | None = None,
-         command: str = "", mtl_factors: Sequence[int] = (1,), **overrides: object) -> dict:
+         command: str = "", mtl_factors: Sequence[int] = (1,), mtl_sets: Sequence[str] | None = None,
+         **overrides: object) -> dict:
     """Train (or load from ``run_dir``) the experts of every task in ``sets`` and, with ``mtl``, the MTL
     model of each set (one per fine-tuning budget factor in ``mtl_factors``: 1, and 4 for the "MTL 4x"
-    row); copy each into ``data/models-<profile>/`` (atomically, replacing an older copy of
+    row; ``mtl_sets``: the sets whose MTL models ship, default all of ``sets``); copy each into ``data/models-<profile>/`` (atomically, replacing an older copy of
     the same key) and write the manifest. Returns the manifest. Folders of other keys are removed."""
     from . import profiles, training
     from .checkpoints import sha256_file
@@ -56,7 +57,7 @@ def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5")
     exp = Experiment(profile, tasks, seed, "cpu", run_dir)
     jobs = [(exp.expert_artifact(t), lambda t=t: exp.expert(t)) for t in tasks]
     if mtl:
-        for s in sets:
+        for s in (sets if mtl_sets is None else mtl_sets):
             e = Experiment(profile, s, seed, "cpu", run_dir)
             for f in mtl_factors:
                 jobs.append((e.mtl_artifact(f), lambda e=e, f=f: e.mtl(steps_factor=f)))
@@ -103,13 +104,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--mtl", action="store_true", help="ship the MTL model of each set too")
     ap.add_argument("--mtl-factors", type=int, nargs="+", default=[1],
                     help="MTL fine-tuning budgets as multiples of the profile's (default: 1; 1 4 adds the MTL 4x row)")
+    ap.add_argument("--mtl-sets", nargs="+", default=None, help="with --mtl: the sets whose MTL models ship "
+                    "(default: every set of --sets)")
     ap.add_argument("--run-dir", default=None, help="where the models are trained (or found); "
                     "default: runs/ship-<profile>-<seed>")
     ap.add_argument("--data-dir", default=None, help="default: the repository's data/")
     args = ap.parse_args(argv)
     command = "python -m simo_lite.shipped " + " ".join(argv if argv is not None else sys.argv[1:])
     m = ship(args.profile, args.sets, args.seed, args.mtl, args.run_dir, args.data_dir, command=command,
-             mtl_factors=args.mtl_factors)
+             mtl_factors=args.mtl_factors, mtl_sets=args.mtl_sets)
     for info in m["models"].values():
         print(f"{info['name']}: {info['folder']} ({info['steps']} steps, {info['wall_s']:.0f} s, "
               f"val-loss tail {100 * info['val_tail']:+.2f} %)")

@@ -15,7 +15,10 @@ from simo_lite import profiles
 def test_simmim_only_configs_keep_their_hash():
     # the shipped cpu checkpoint was made before stage 2 existed: its config hash must still match
     manifest = json.loads((Fd.SHIPPED_DIR / "foundation-cpu.json").read_text())
-    assert ckpt.config_hash(Fd.foundation_config(profiles.get("cpu"))) == manifest["config_hash"]
+    assert ckpt.config_hash(Fd.foundation_config(profiles.get("cpu", invariance_steps=0))) == manifest["config_hash"]
+    # the cpu profile's default is the two-stage encoder, shipped beside it
+    invariant = json.loads((Fd.SHIPPED_DIR / "foundation-cpu-invariant.json").read_text())
+    assert ckpt.config_hash(Fd.foundation_config(profiles.get("cpu"))) == invariant["config_hash"]
     cfg = Fd.foundation_config(profiles.get("cpu", invariance_steps=100))
     assert cfg["invariance"]["steps"] == 100 and ckpt.config_hash(cfg) != manifest["config_hash"]
 
@@ -73,7 +76,7 @@ def test_every_cpu_run_seed_shares_the_seed_0_foundation():
     assert cpu.foundation_seed == 0 and profiles.get("smoke").foundation_seed is None
     assert Fd.foundation_config(cpu, 3) == Fd.foundation_config(cpu, 0)
     state, h = Fd.load_foundation(cpu, seed=3)                      # the shipped file, not a new pretraining
-    manifest = json.loads((Fd.SHIPPED_DIR / "foundation-cpu.json").read_text())
+    manifest = json.loads((Fd.SHIPPED_DIR / "foundation-cpu-invariant.json").read_text())
     assert h == manifest["config_hash"]
     smoke = profiles.get("smoke")
     assert Fd.foundation_config(smoke, 1) != Fd.foundation_config(smoke, 0)   # smoke: each seed its own
