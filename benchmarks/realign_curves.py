@@ -104,7 +104,7 @@ def markdown(result: dict) -> str:
     for s, r in result["sets"].items():
         lines.append(f"**{s}** (TA at α = {r['alpha']:g}: val {100 * r['merged']['val']:+.1f} %, "
                      f"test {100 * r['merged']['test']:+.1f} %)\n")
-        rows = [[name, f"{lr:g}", f"{100 * v['val']:+.1f} %", f"{100 * v['test']:+.1f} %"]
+        rows = [[name, f"{float(lr):g}", f"{100 * v['val']:+.1f} %", f"{100 * v['test']:+.1f} %"]
                 for name, by_lr in r["search"].items() for lr, v in by_lr.items()]
         lines.append(md_table(["fix", f"lr ({result['search_steps']} steps)", "val Δm", "test Δm"], rows) + "\n")
         rows = [[name, f"{r['lr'][name]:g}", steps, f"{100 * v['val']:+.1f} %", f"{100 * v['test']:+.1f} %",
