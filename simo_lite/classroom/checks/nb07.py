@@ -30,14 +30,19 @@ def check_mtl_loss(fn: Callable, strict: bool = False) -> bool:
     of the task losses, (1/T) Σ_t loss_fns[t](outputs[t], targets[t]) over the tasks of ``loss_fns``
     (paper Section 3). Compared with the mean that ``simo_lite.training.fit`` minimises, value and
     gradient."""
+    def _grad_leaf(o: torch.Tensor) -> torch.Tensor:
+        leaf = o.detach().clone()
+        leaf.requires_grad = True                  # an input tensor, not a weight: nothing is frozen here
+        return leaf
+
     def body(fn):
         for case, tasks, seed in (("seg, depth and normals heads on 4 images", _TASKS, 0),
                                   ("depth and normals only", ("depth", "normals"), 1)):
             model, data = _tiny(tasks, n=4, seed=seed)
             model.eval()
             out = model(data["image"])
-            out_ref = {t: o.detach().clone().requires_grad_(True) for t, o in out.items()}
-            out_in = {t: o.detach().clone().requires_grad_(True) for t, o in out.items()}
+            out_ref = {t: _grad_leaf(o) for t, o in out.items()}            # leaves whose .grad we compare
+            out_in = {t: _grad_leaf(o) for t, o in out.items()}
             targets = {t: data[t] for t in tasks}
             expected = _task_loss(tasks)(out_ref, targets)
             got = _call(fn, case, out_in, dict(targets), _loss_fns(tasks))
