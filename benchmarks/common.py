@@ -9,7 +9,7 @@ import platform
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from simo_lite.atomic import write_text
 
@@ -84,6 +84,30 @@ def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (:func:`simo_lite.atomic.write_text`); creates the parent
     directory; returns the path."""
     return write_text(path, text)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out a matplotlib figure, save it as PNG at ``path`` (parent created) and close it; returns the path."""
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def write_section(stem: str | Path, result: dict, markdown: Callable[[dict], str],
+                  plot: Callable[[dict, Path], Path] | None = None) -> str:
+    """A benchmark section's outputs: ``<stem>.json`` (``result``), ``<stem>.md`` (``markdown(result)``) and,
+    with ``plot``, ``<stem>.png``; all atomic. Returns the Markdown (for printing)."""
+    stem = Path(stem)
+    text = markdown(result)
+    write_json_atomic(stem.with_suffix(".json"), result)
+    write_text_atomic(stem.with_suffix(".md"), text)
+    if plot is not None:
+        plot(result, stem.with_suffix(".png"))
+    return text
 
 
 def load_json(path: str | Path) -> object | None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.common import REPO, md_table
+from benchmarks.common import REPO, md_table, save_figure, write_section
 
 THRESHOLD = 0.01          # converged: val loss fell by less than this fraction over the last 20 % of steps
 SETS = ("nyu3", "taskonomy5")
@@ -28,7 +28,7 @@ def run(profile: str = "cpu", budgets: Sequence[int] = (400,), sets: Sequence[st
     from simo_lite import profiles
     from simo_lite.experiment import Experiment
     from simo_lite.tasks import get_tasks
-    from simo_lite.training import val_tail_improvement
+    from simo_lite.training import tail_improvement, val_tail_improvement
 
     run_dir = Path(run_dir or REPO / "runs" / f"convergence-{profile}-{seed}")
     out: dict[str, Any] = {"profile": profile, "seed": seed, "invariance_steps": invariance_steps,
@@ -53,16 +53,11 @@ def run(profile: str = "cpu", budgets: Sequence[int] = (400,), sets: Sequence[st
             out["runs"].append({"budget": budget, "model": name, "tasks": list(ts), "tail": tail,
                                 "converged": bool(tail < THRESHOLD), "test": d["metrics"]["test"],
                                 "val_loss": ft["metrics"].get("val_loss", []),
-                                "train_tail": _train_tail(ft["metrics"]["loss"]),
+                                "train_tail": tail_improvement(ft["metrics"]["loss"]),
                                 "wall_s": d["wall_s"], "call_s": time.perf_counter() - t0})
             print(f"budget {budget} {name}: val tail {tail:+.4f} ({'converged' if tail < THRESHOLD else 'NOT converged'}), "
                   f"train {d['wall_s']:.0f} s", flush=True)
     return out
-
-
-def _train_tail(losses: Sequence[float]) -> float:
-    from simo_lite.training import tail_improvement
-    return tail_improvement(losses)
 
 
 def markdown(result: dict) -> str:
@@ -91,20 +86,13 @@ def plot(result: dict, path: str | Path) -> Path:
         ax.set(title=f"fine-tuning budget {b} steps", xlabel="fine-tuning step",
                ylabel="validation loss / first measured")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m benchmarks.convergence``: run, print, write ``runs/bench/convergence-<profile>-<seed>.{json,md,png}``."""
     import argparse
 
-    from benchmarks.common import write_json_atomic
-    from simo_lite.atomic import write_text
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--budgets", type=int, nargs="+", default=[400])
@@ -118,10 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = run(args.profile, args.budgets, args.sets, args.seed, args.invariance_steps, not args.no_mtl,
                  args.run_dir)
     out = Path(args.out) if args.out else REPO / "runs" / "bench" / f"convergence-{args.profile}-{args.seed}"
-    write_json_atomic(out.with_suffix(".json"), result)
-    write_text(out.with_suffix(".md"), markdown(result))
-    plot(result, out.with_suffix(".png"))
-    print(markdown(result))
+    print(write_section(out, result, markdown, plot))
 
 
 if __name__ == "__main__":

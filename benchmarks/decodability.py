@@ -123,8 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     write ``runs/bench/decodability-<profile>-<seed>.{json,md}``."""
     import argparse
 
-    from benchmarks.common import write_json_atomic
-    from simo_lite.atomic import write_text
+    from benchmarks.common import write_section
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--invariance-steps", type=int, default=FULL["invariance_steps"])
@@ -132,9 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     result = run(args.profile, args.invariance_steps, args.seed)
     out = REPO / "runs" / "bench" / f"decodability-{args.profile}-{args.seed}"
-    write_json_atomic(out.with_suffix(".json"), result)
-    write_text(out.with_suffix(".md"), markdown(result))
-    print(markdown(result))
+    print(write_section(out, result, markdown))
     print(f"{result['wall_s']:.0f} s; wrote {out}.json/.md")
 
 

@@ -62,8 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m benchmarks.headroom``: run, print, write ``runs/bench/headroom-<profile>-<seed>.{json,md}``."""
     import argparse
 
-    from benchmarks.common import write_json_atomic
-    from simo_lite.atomic import write_text
+    from benchmarks.common import write_section
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--invariance-steps", type=int, default=FULL["invariance_steps"])
@@ -71,9 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     result = run(args.profile, args.invariance_steps, seed=args.seed)
     out = REPO / "runs" / "bench" / f"headroom-{args.profile}-{args.seed}"
-    write_json_atomic(out.with_suffix(".json"), result)
-    write_text(out.with_suffix(".md"), markdown(result))
-    print(markdown(result))
+    print(write_section(out, result, markdown))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.common import REPO, md_table
+from benchmarks.common import REPO, md_table, save_figure, write_section
 
 LRS = (3e-4, 1e-3, 3e-3)
 SEARCH_STEPS = 200
@@ -139,20 +139,13 @@ def plot(result: dict, path: str | Path) -> Path:
         ax.minorticks_off()
         ax.set(title=f"{s}: realignment budget", xlabel="realignment steps (log scale)", ylabel="Δm (ratio), %")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m benchmarks.realign_curves``: run, print, write ``runs/bench/realign-curves-<profile>-<seed>.{json,md,png}``."""
     import argparse
 
-    from benchmarks.common import write_json_atomic
-    from simo_lite.atomic import write_text
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--sets", nargs="+", default=["nyu3", "taskonomy5"])
@@ -165,10 +158,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = run(args.profile, args.sets, args.seed, args.run_dir, finetune_steps=args.budget,
                  mtl_finetune_steps=args.budget, invariance_steps=args.invariance_steps)
     out = Path(args.out) if args.out else REPO / "runs" / "bench" / f"realign-curves-{args.profile}-{args.seed}"
-    write_json_atomic(out.with_suffix(".json"), result)
-    write_text(out.with_suffix(".md"), markdown(result))
-    plot(result, out.with_suffix(".png"))
-    print(markdown(result))
+    print(write_section(out, result, markdown, plot))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.common import PAPER_TABLES, REPO, load_json, md_table
+from benchmarks.common import PAPER_TABLES, REPO, load_json, md_table, save_figure, write_section
 
 LAMS = tuple(round(0.1 * i, 1) for i in range(16))
 
@@ -105,20 +105,13 @@ def plot(result: dict, path: str | Path, paper_path: str | Path = PAPER_TABLES) 
            title="Task arithmetic against the number of merged tasks")
     ax.axhline(1.0, color="0.7", lw=0.8)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m benchmarks.relationships``: run, print, write ``runs/bench/relationships-<profile>-<seed>.{json,md,png}``."""
     import argparse
 
-    from benchmarks.common import write_json_atomic
-    from simo_lite.atomic import write_text
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--sets", nargs="+", default=["nyu3", "taskonomy5"])
@@ -127,10 +120,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     result = run(args.profile, args.sets, args.seed, args.run_dir)
     out = REPO / "runs" / "bench" / f"relationships-{args.profile}-{args.seed}"
-    write_json_atomic(out.with_suffix(".json"), result)
-    write_text(out.with_suffix(".md"), markdown(result))
-    plot(result, out.with_suffix(".png"))
-    print(markdown(result))
+    print(write_section(out, result, markdown, plot))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "write_text", "write_json"]
+__all__ = ["atomic_write", "write_text", "write_json", "copy_tree"]
 
 
 def _umask() -> int:
@@ -60,3 +60,17 @@ def write_json(path: str | os.PathLike, obj: Any, **dumps_kw: Any) -> Path:
     unless ``dumps_kw`` says otherwise), with a final newline."""
     kw = {"indent": 1, "default": float, **dumps_kw}
     return write_text(path, json.dumps(obj, **kw) + "\n")
+
+
+def copy_tree(src: str | os.PathLike, dst: str | os.PathLike, ignore: Callable | None = None) -> Path:
+    """Copy the folder ``src`` to ``dst`` through a hidden sibling, then rename it into place, replacing an
+    older ``dst``: a reader sees the old folder or the whole new one. ``ignore``: as ``shutil.copytree``'s."""
+    import shutil
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, tmp, ignore=ignore)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+    return dst

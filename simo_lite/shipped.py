@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from . import paths
-
-if TYPE_CHECKING:
-    from .store import Artifact
+from .atomic import copy_tree
 
 __all__ = ["manifest_path", "ship", "main"]
 
@@ -41,11 +38,12 @@ def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5")
          **overrides: object) -> dict:
     """Train (or load from ``run_dir``) the experts of every task in ``sets`` and, with ``mtl``, the MTL
     model of each set (one per fine-tuning budget factor in ``mtl_factors``: 1, and 4 for the "MTL 4x"
-    row; ``mtl_sets``: the sets whose MTL models ship, default all of ``sets``); copy each into ``data/models-<profile>/`` (atomically, replacing an older copy of
-    the same key) and write the manifest. Returns the manifest. Folders of other keys are removed."""
+    row; ``mtl_sets``: the sets whose MTL models ship, default all of ``sets``); copy each into
+    ``data/models-<profile>/`` (atomically, replacing an older copy of the same key) and write the manifest. Returns the manifest. Folders of other keys are removed."""
     from . import profiles, training
     from .checkpoints import sha256_file
     from .experiment import Experiment
+    from .store import Store
     from .tasks import get_tasks
 
     profile = profiles.get(profile_name, **overrides)
@@ -65,13 +63,8 @@ def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5")
     models = {}
     for art, train in jobs:
         _, record = train()
-        src = st_model_dir(run_dir, art)
-        dst = out_root / src.name
-        tmp = out_root / f".{src.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*-state.safetensors", "probe"))
-        shutil.rmtree(dst, ignore_errors=True)
-        os.replace(tmp, dst)
+        src = Store(run_dir).model_dir(art)
+        dst = copy_tree(src, out_root / src.name, ignore=shutil.ignore_patterns("*-state.safetensors", "probe"))
         rec = record.to_dict()
         models[f"{art.name}@{art.key}"] = {"name": art.name, "key": art.key, "folder": f"{out_root.name}/{dst.name}",
                             "files": {f.name: sha256_file(f) for f in sorted(dst.iterdir())},
@@ -87,12 +80,6 @@ def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5")
     from .atomic import write_text
     write_text(manifest_path(profile.name, data_dir), json.dumps(manifest, indent=1, default=float))
     return manifest
-
-
-def st_model_dir(run_dir: Path, art: "Artifact") -> Path:
-    """The run directory's folder of a model artifact (``store.Store.model_dir``)."""
-    from .store import Store
-    return Store(run_dir).model_dir(art)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

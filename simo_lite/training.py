@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch.nn as nn
 from . import checkpoints as ckpt
 from . import progress as pg
 from . import store as st
+from .atomic import copy_tree
 from .backbones import embed_dim, encoder_io
 from .data import load_data
 from .models import SimoModel, make_encoder, make_head
@@ -509,11 +508,7 @@ def _load_shipped(folder: Path, art: st.Artifact, profile: Profile, tasks: Tasks
     loaded = _load_model(src, art, profile, tasks, store=st.Store(src.parent))
     if loaded is None:
         return None
-    tmp = folder.with_name(f".{folder.name}.shipped.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, tmp)
-    os.replace(tmp, folder)
+    copy_tree(src, folder)
     log.info("loaded the shipped %s %s (%s), copied into the run", art.kind, art.name, src.parent.name)
     return loaded
 

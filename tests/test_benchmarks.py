@@ -371,3 +371,21 @@ def test_decodability_section_from_json_and_missing(tmp_path):
     assert "| invariant foundation | 0.3500 | 0.9000 |" in text and "+100.0 %" in text
     assert "G1 holds in direction for 2 of 2 targets" in text
     assert "not run" in "\n".join(render_results.decodability_md(tmp_path / "none.json"))
+
+
+def test_write_section_writes_json_markdown_and_figure(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def plot(result, path):
+        fig, ax = plt.subplots()
+        ax.plot(result["x"])
+        return common.save_figure(fig, path)
+
+    text = common.write_section(tmp_path / "sub" / "sec", {"x": [1, 2]}, lambda r: f"x has {len(r['x'])}\n", plot)
+    assert text == "x has 2\n" and (tmp_path / "sub" / "sec.md").read_text() == text
+    assert json.loads((tmp_path / "sub" / "sec.json").read_text()) == {"x": [1, 2]}
+    assert (tmp_path / "sub" / "sec.png").read_bytes()[:4] == b"\x89PNG" and not plt.get_fignums()
+    common.write_section(tmp_path / "plain", {"x": []}, lambda r: "none\n")
+    assert not (tmp_path / "plain.png").exists() and (tmp_path / "plain.json").exists()

@@ -81,3 +81,19 @@ def test_a_damaged_shipped_model_is_not_used(shipped_dir, tmp_path, monkeypatch)
     _, record = Experiment(profiles.get("smoke"), ("normals",), 0, "cpu", tmp_path / "run").expert("normals")
     assert record.steps > 0                                # trained afresh (the log says which file is corrupt)
     assert (tmp_path / "run" / "models").is_dir()
+
+
+def test_copy_tree_replaces_a_folder_whole(tmp_path):
+    import shutil as sh
+
+    from simo_lite.atomic import copy_tree
+    src = tmp_path / "src"
+    (src / "probe").mkdir(parents=True)
+    (src / "a.txt").write_text("new")
+    (src / "probe" / "b.txt").write_text("x")
+    dst = tmp_path / "out" / "dst"
+    dst.mkdir(parents=True)
+    (dst / "old.txt").write_text("old")
+    assert copy_tree(src, dst, ignore=sh.ignore_patterns("probe")) == dst
+    assert sorted(p.name for p in dst.iterdir()) == ["a.txt"] and (dst / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["dst"]                 # no temporary left

@@ -117,6 +117,24 @@ def _number(got, expected: float, what: str, case: str, atol: float = 1e-6, rtol
         raise _Wrong(f"{what}: got {_fmt(float(got))}, expected {_fmt(float(expected))} ({case})")
 
 
+def _step_losses(got, expected: list[float], case: str, first_hint: str, recipe_hint: str) -> list[float]:
+    """Check a training loop's returned per-step losses against ``expected`` (one per batch): a list of the
+    right length, step 1 within 1e-4 (``first_hint``: how the loss is computed), every step within 1e-3
+    (``recipe_hint``: the optimiser, schedule and clipping). Returns them as floats; raises ``_Wrong``."""
+    steps = len(expected)
+    if isinstance(got, torch.Tensor) or not hasattr(got, "__len__"):
+        raise _Wrong(f"return the list of the {steps} step losses (floats), got {type(got).__name__} ({case})")
+    if len(got) != steps:
+        raise _Wrong(f"{len(got)} losses for {steps} batches: one optimiser step per batch ({case})")
+    got = [float(v) for v in got]
+    if not math.isclose(got[0], expected[0], rel_tol=1e-4, abs_tol=1e-6):
+        raise _Wrong(f"the loss of step 1 is {got[0]:.6g}, expected {expected[0]:.6g}: {first_hint} ({case})")
+    for k, (a, b) in enumerate(zip(got, expected)):
+        if not math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-5):
+            raise _Wrong(f"the loss of step {k + 1} is {a:.6g}, expected {b:.6g}: {recipe_hint} ({case})")
+    return got
+
+
 def _state_dict(got, expected: dict, what: str, case: str, **kw) -> None:
     """Compare {name: tensor} dicts: missing / extra keys first, then each tensor."""
     if not isinstance(got, dict):

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from ._core import _Wrong, _call, _run, _number, _tensor
+from ._core import _Wrong, _call, _number, _run, _step_losses, _tensor
 
 __all__ = ["check_reestimate_bn", "check_refit_head", "check_explained_share", "check_one_head_metric"]
 
@@ -116,19 +116,10 @@ def check_refit_head(fn: Callable, strict: bool = False) -> bool:
             case = f"a {kind} head ({task}), {n} cached feature maps, {steps} batches of {bs}, lr {lr}"
             head = copy.deepcopy(model.heads[task])
             got = _call(fn, case, head, feats.clone(), data[task].clone(), get_task(task).loss, batches, lr)
-            if isinstance(got, torch.Tensor) or not hasattr(got, "__len__"):
-                raise _Wrong(f"return the list of the {steps} step losses (floats), got {type(got).__name__} ({case})")
-            if len(got) != steps:
-                raise _Wrong(f"{len(got)} losses for {steps} batches: one optimiser step per batch ({case})")
-            got = [float(v) for v in got]
-            if not math.isclose(got[0], ref_losses[0], rel_tol=1e-4, abs_tol=1e-6):
-                raise _Wrong(f"the loss of step 1 is {got[0]:.6g}, expected {ref_losses[0]:.6g}: compute loss_fn("
-                             f"head(features[idx]), labels[idx]) with the head in train mode, before the step ({case})")
-            for k, (a, b) in enumerate(zip(got, ref_losses)):
-                if not math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-5):
-                    raise _Wrong(f"the loss of step {k + 1} is {a:.6g}, expected {b:.6g}: use AdamW(lr, weight_decay="
-                                 f"1e-4), one_cycle(opt, lr, len(batches), 0.1) stepped after every optimiser step, "
-                                 f"and clip the gradient norm at 25 ({case})")
+            _step_losses(got, ref_losses, case,
+                         "compute loss_fn(head(features[idx]), labels[idx]) with the head in train mode, before the step",
+                         "use AdamW(lr, weight_decay=1e-4), one_cycle(opt, lr, len(batches), 0.1) stepped after every "
+                         "optimiser step, and clip the gradient norm at 25")
             if head.training:
                 raise _Wrong(f"leave the head in eval mode after training (head.eval()) ({case})")
             for (name, p), q in zip(head.state_dict().items(), ref_head.state_dict().values()):

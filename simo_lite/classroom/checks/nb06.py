@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import copy
-import math
 from typing import Callable
 
 import torch
 
-from ._core import _Wrong, _call, _gen, _run, _tensor
+from ._core import _Wrong, _call, _gen, _run, _step_losses, _tensor
 from .nb05 import _tiny
 
 __all__ = ["check_block_adapter", "check_adapter_steps", "check_steps_verdict", "check_adapters_only"]
@@ -100,20 +99,11 @@ def check_adapter_steps(fn: Callable, strict: bool = False) -> bool:
             batches = [batch_indices(n, bs, seed, s) for s in range(steps)]
             case = f"adapters + heads {', '.join(tasks)}, {steps} batches of {bs}, lr {lr}"
             got = _call(fn, case, model, data, {t: get_task(t).loss for t in tasks}, batches, lr)
-            if isinstance(got, torch.Tensor) or not hasattr(got, "__len__"):
-                raise _Wrong(f"return the list of the {steps} step losses (floats), got {type(got).__name__} ({case})")
-            if len(got) != steps:
-                raise _Wrong(f"{len(got)} losses for {steps} batches: one optimiser step per batch ({case})")
-            got = [float(v) for v in got]
-            if not math.isclose(got[0], ref_losses[0], rel_tol=1e-4, abs_tol=1e-6):
-                raise _Wrong(f"the loss of step 1 is {got[0]:.6g}, expected {ref_losses[0]:.6g}: the unweighted mean "
-                             f"over the tasks of loss_fns[t](model.heads[t](model.features(images)), labels[t]), in "
-                             f"train mode ({case})")
-            for k, (a, b) in enumerate(zip(got, ref_losses)):
-                if not math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-5):
-                    raise _Wrong(f"the loss of step {k + 1} is {a:.6g}, expected {b:.6g}: use AdamW(lr, weight_decay="
-                                 f"1e-4) on the parameters with requires_grad, one_cycle(opt, lr, len(batches), 0.1) "
-                                 f"stepped after every optimiser step, and clip the gradient norm at 25 ({case})")
+            _step_losses(got, ref_losses, case,
+                         "the unweighted mean over the tasks of loss_fns[t](model.heads[t](model.features(images)), "
+                         "labels[t]), in train mode",
+                         "use AdamW(lr, weight_decay=1e-4) on the parameters with requires_grad, one_cycle(opt, lr, "
+                         "len(batches), 0.1) stepped after every optimiser step, and clip the gradient norm at 25")
             if model.training:
                 raise _Wrong(f"leave the model in eval mode after training (model.eval()) ({case})")
             want = ref.state_dict()
