@@ -375,14 +375,22 @@ class Experiment:
                            split: str = "val") -> dict:
         """Paper Figs. 3/5/6: theta_0 + lam * tau_primary with every head attached, for each primary task.
 
-        Returns {primary: {lam: {task: normalised performance}}}."""
-        out = {}
+        Returns {primary: {lam: {task: normalised performance}}}.
+
+        At lam = 0 the encoder is theta_0 whichever task is primary, so that point is evaluated once and
+        every primary gets (a copy of) the same scores: T * (len(lams) - 1) + 1 evaluations when 0 is in ``lams``."""
+        out, zero = {}, None
         for primary in self.tasks:
             tv = self.task_vectors((primary,))
             out[primary] = {}
             for lam in lams:
+                if float(lam) == 0.0 and zero is not None:
+                    out[primary][float(lam)] = dict(zero)
+                    continue
                 model = self.with_heads(merging.task_arithmetic(self.foundation, tv, lam))
                 out[primary][float(lam)] = self.normalized(self.evaluate(model, split), split)
+                if float(lam) == 0.0:
+                    zero = dict(out[primary][float(lam)])
         return out
 
     def layer_coefficients(self, steps: int | None = None, lr: float = 1e-2) -> tuple[torch.Tensor, list, list]:
@@ -542,6 +550,10 @@ def _parse_args(argv=None):
                          "else submitit's local executor); default: serial for one worker, else pool")
     ap.add_argument("--name", default=None, help="with --seeds: the collection's folder under <runs folder>/sweeps/ "
                                                  "(default: <profile>-<task sets>-seeds-<seeds>)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a profile field to override, e.g. --set head_realign_steps=1600 (repeatable)")
+    ap.add_argument("--rows", nargs="+", default=None, metavar="ROW",
+                    help=f"the results-table rows to compute (default: every row: {' '.join(ROWS)})")
     args = ap.parse_args(argv)
 
     def fail(e) -> None:
@@ -577,9 +589,15 @@ def _parse_args(argv=None):
     if args.name is not None and (not args.name or "/" in args.name or os.sep in args.name
                                   or args.name in (".", "..")):
         ap.error(f"--name must be a folder name (no path), got {args.name!r}")
+    overrides = _parse_overrides(args.overrides, ap)
+    for r in args.rows or ():
+        try:
+            row_spec(r)
+        except ValueError as e:
+            fail(f"--rows: {e}")
     try:
         prof = P.validate(P.get(args.profile, dataset=args.dataset, data_dir=args.data_dir, backbone=args.backbone,
-                                weights=args.weights))
+                                weights=args.weights, **overrides))
         from .course import real_data_profile
         prof = real_data_profile(prof)
     except (ValueError, FileNotFoundError) as e:
@@ -609,6 +627,30 @@ def _parse_args(argv=None):
     return args, prof, task_sets, device, run_dir
 
 
+def _parse_overrides(items: Sequence[str], ap) -> dict:
+    """``["head_realign_steps=1600", ...]`` -> ``{field: value}``, each value converted to the field's type
+    (int, float, str or bool); an unknown field or a bad value stops with argparse's error."""
+    import dataclasses
+
+    from .profiles import Profile
+    types = {f.name: str(f.type) for f in dataclasses.fields(Profile)}
+    out = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or name not in types or name == "name":
+            ap.error(f"--set {item!r}: give FIELD=VALUE with FIELD a profile field: "
+                     f"{', '.join(n for n in types if n != 'name')}")
+        kind = types[name].split("|")[0].strip()
+        try:
+            out[name] = (int(value) if kind == "int" else float(value) if kind == "float"
+                         else {"true": True, "false": False}[value.lower()] if kind == "bool" else value)
+        except (ValueError, KeyError):
+            ap.error(f"--set {item!r}: {name} takes a {kind}, got {value!r}")
+        if kind in ("int", "float") and out[name] < 0:
+            ap.error(f"--set {item!r}: {name} must not be negative")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m simo_lite.experiment --profile cpu --tasks nyu3 taskonomy5``: every results table.
 
@@ -629,13 +671,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                     (("dataset", args.dataset), ("data_dir", args.data_dir), ("backbone", args.backbone),
                      ("weights", args.weights)) if v and v != DEFAULT_DATASET)
 
+    extra += "".join(f" --set {o}" for o in args.overrides) + (f" --rows {' '.join(args.rows)}" if args.rows else "")
+
     def command(seed: int) -> str:
         return (f"python -m simo_lite.experiment --profile {args.profile} --tasks {' '.join(args.tasks)}"
                 f" --seed {seed}{extra}")
 
     if args.seeds is None:
         with pinned_threads(args.threads):
-            run_seed(prof, task_sets, args.seed, device, run_dir, command(args.seed))
+            run_seed(prof, task_sets, args.seed, device, run_dir, command(args.seed), rows=args.rows)
         return
     from .course import default_run_dir, run_label
     from .multiseed import run_seeds
@@ -647,7 +691,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                        {s: default_run_dir(prof.name, s, prof.dataset, root=root) for s in args.seeds},
                        {s: command(s) for s in args.seeds}, run=run, name=name, root=root,
                        executor=args.executor or ("pool" if args.workers > 1 else "serial"), workers=args.workers,
-                       threads=args.threads)
+                       threads=args.threads, rows=args.rows)
     if failed:
         raise SystemExit(1)
 

@@ -33,6 +33,7 @@ realignment split) returns a record with ``steps=0``; the results table shows it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .registry import Registry
@@ -42,7 +43,7 @@ if TYPE_CHECKING:                                   # pragma: no cover
     from .models import SimoModel
     from .training import RunRecord
 
-__all__ = ["Fix", "FIXES", "register_fix", "head_realignment", "adapter_realignment", "bn_reestimation"]
+__all__ = ["Fix", "FIXES", "register_fix", "head_realignment", "adapter_realignment", "adapter_path", "bn_reestimation"]
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,13 @@ def register_fix(name: str, apply: Callable[..., tuple] | None = None, *, option
 def head_realignment(exp: "Experiment", model: "SimoModel", *, steps: int | None = None, cached: bool = True
                      ) -> tuple["SimoModel", "RunRecord"]:
     """Head realignment (paper §6a) on the experiment's realignment split: every head refitted on
-    the merged encoder's features, encoder frozen (:func:`simo_lite.realign.head_realign`)."""
+    the merged encoder's features, encoder frozen (:func:`simo_lite.realign.head_realign`), stored in the
+    ``realign/`` folder of the experiment's run directory (a later notebook loads it)."""
     from .realign import head_realign
     p = exp.profile
-    return head_realign(model, exp.data["val_realign"], exp.tasks, steps=steps or p.realign_steps, lr=p.lr_head_realign,
+    return head_realign(model, exp.data["val_realign"], exp.tasks, steps=steps or p.head_steps, lr=p.lr_head_realign,
                         batch_size=p.batch_size, seed=exp.seed, device=exp.device, progress=exp.progress,
-                        cached=cached)
+                        cached=cached, cache_dir=exp.store.root / "realign")
 
 
 def adapter_realignment(exp: "Experiment", model: "SimoModel", *, kind: str = "block", rank: int | None = None,
@@ -96,13 +98,29 @@ def adapter_realignment(exp: "Experiment", model: "SimoModel", *, kind: str = "b
     """Representation realignment (paper §6b) on the realignment split: adapters of ``kind``
     ("block" or "lora") and rank ``rank`` (default: the experiment's ``adapter_rank``) trained with the
     heads (:func:`simo_lite.realign.representation_realign`), stored in the ``realign/`` folder of the
-    experiment's run directory (the store's layout)."""
+    experiment's run directory (the store's layout); a result shipped in ``data/models-<profile>/realign``
+    under the same key (:mod:`simo_lite.shipped`) is loaded instead of trained."""
     from .realign import representation_realign
+    from .training import shipped_realign_dir
+    return representation_realign(model, exp.data["val_realign"], exp.tasks, **_adapter_settings(exp, kind, rank, steps),
+                                  device=exp.device, progress=exp.progress, cache_dir=exp.store.root / "realign",
+                                  shipped_dir=shipped_realign_dir(exp.profile))
+
+
+def _adapter_settings(exp: "Experiment", kind: str, rank: int | None, steps: int | None) -> dict:
     p = exp.profile
-    return representation_realign(model, exp.data["val_realign"], exp.tasks, rank=rank or exp.adapter_rank,
-                                  kind=kind, steps=steps or p.realign_steps, lr=p.lr_repr_realign,
-                                  batch_size=p.batch_size, seed=exp.seed, device=exp.device, progress=exp.progress,
-                                  cache_dir=exp.store.root / "realign")
+    return dict(rank=rank or exp.adapter_rank, kind=kind, steps=steps or p.repr_steps, lr=p.lr_repr_realign,
+                batch_size=p.batch_size, seed=exp.seed)
+
+
+def adapter_path(exp: "Experiment", model: "SimoModel", *, kind: str = "block", rank: int | None = None,
+                 steps: int | None = None) -> Path:
+    """Where :func:`adapter_realignment` with these arguments stores its result in the experiment's run
+    directory (``realign/repr-<kind>-r<rank>-<key>.safetensors``, beside its ``.json`` record)."""
+    from .realign import adapter_artifact
+    from .store import Store
+    art = adapter_artifact(model, exp.data["val_realign"], exp.tasks, **_adapter_settings(exp, kind, rank, steps))
+    return Store(exp.store.root / "realign").path("", art, ".safetensors")
 
 
 def bn_reestimation(exp: "Experiment", model: "SimoModel", *, batch_size: int | None = None

@@ -44,12 +44,13 @@ COLLECTION_DIR = "sweeps"           # <runs folder>/sweeps/<name>/
 
 
 def run_seed(prof: Profile, task_sets: Sequence[str], seed: int, device: str | torch.device, run_dir: str | Path,
-             command: str, progress: bool | None = None) -> dict:
+             command: str, progress: bool | None = None, rows: Sequence[str] | None = None) -> dict:
     """Every results table of one seed (the experiment CLI's work): for each task set, train what is
     missing, write and print the training and results tables into ``run_dir``; then ``run-meta.json``
     (``command``). Logs each artifact it recomputes (logger ``simo_lite.store``); ``progress``: bars
     (default: off under ``CI``). Returns ``{"seed", "run_dir", "wall_s", "tables": [{"tasks", "table"
-    (row records), "metric_names"}]}``. Module-level and picklable: a job for the executors."""
+    (row records), "metric_names"}]}``. ``rows``: the results-table rows (default: every row).
+    Module-level and picklable: a job for the executors."""
     import torch
 
     from .course import write_run_meta
@@ -72,7 +73,7 @@ def run_seed(prof: Profile, task_sets: Sequence[str], seed: int, device: str | t
             t0 = time.perf_counter()
             exp = Experiment(prof, tasks, seed, device, run_dir, progress=progress)
             training = exp.training_table()
-            table = exp.results_table()
+            table = exp.results_table(*([rows] if rows else []))
             print(exp.to_markdown(table))
             print(f"{tasks}: {time.perf_counter() - t0:.0f} s; tables in {run_dir / 'results'}\n")
             tables.append({"tasks": tasks, "table": table, "metric_names": metric_names(training)})
@@ -86,7 +87,7 @@ def run_seed(prof: Profile, task_sets: Sequence[str], seed: int, device: str | t
 def run_seeds(prof: Profile, task_sets: Sequence[str], seeds: Sequence[int], device: str,
               run_dirs: dict[int, Path], commands: dict[int, str], *, run: str, name: str,
               root: str | Path | None = None, executor: str = "serial", workers: int = 1,
-              threads: int | None = None) -> list[int]:
+              threads: int | None = None, rows: Sequence[str] | None = None) -> list[int]:
     """:func:`run_seed` for every seed (into ``run_dirs[seed]``, recording ``commands[seed]``) through
     :func:`simo_lite.classroom.executor.run_jobs`, then :func:`write_collection` of every seed that
     finished into ``<root>/sweeps/<name>/`` (``root``: the runs folder), with ``run`` (the
@@ -102,7 +103,8 @@ def run_seeds(prof: Profile, task_sets: Sequence[str], seeds: Sequence[int], dev
           + (f", {shown} thread{'s' if shown != 1 else ''} each" if shown is not None else "")
           + f"; run folders {', '.join(str(run_dirs[s]) for s in seeds)}", flush=True)
     jobs = [Job(run_seed, (prof, list(task_sets), s, device, str(run_dirs[s]), commands[s]),
-                {"progress": False} if in_workers else {}, name=f"seed {s}") for s in seeds]
+                {"rows": list(rows) if rows else None, **({"progress": False} if in_workers else {})},
+                name=f"seed {s}") for s in seeds]
     failed: list[int] = []
 
     def done(i: int, job: Job, result: object) -> None:

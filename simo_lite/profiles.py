@@ -56,6 +56,8 @@ class Profile:
     lr_head: float = 3e-3          # heads of the linear probe (stage 1 of LP -> FT)
     lr_head_realign: float = 3e-3  # head realignment (the heads refitted on the merged encoder's features)
     lr_repr_realign: float = 1e-3  # representation realignment (adapters + heads)
+    head_realign_steps: int = 0    # head realignment's steps per head (0: realign_steps)
+    repr_realign_steps: int = 0    # representation realignment's steps (0: realign_steps)
     lr_finetune: float = 5e-4
     lr_foundation: float = 1e-3
     weight_decay: float = 1e-4
@@ -73,6 +75,16 @@ class Profile:
     weights: str = ""          # local weights file of ``backbone`` (safetensors or .pth); never downloaded
     cityscapes_classes: int = 7  # Cityscapes segmentation: the 7 categories or the 19 classes
     augment: bool = False      # random scale-crop and flip of training batches (real datasets)
+
+    @property
+    def head_steps(self) -> int:
+        """Steps per head of head realignment: ``head_realign_steps``, or ``realign_steps`` when it is 0."""
+        return self.head_realign_steps or self.realign_steps
+
+    @property
+    def repr_steps(self) -> int:
+        """Steps of representation realignment: ``repr_realign_steps``, or ``realign_steps`` when it is 0."""
+        return self.repr_realign_steps or self.realign_steps
 
     @property
     def taps(self) -> tuple[int, ...]:
@@ -118,7 +130,7 @@ class Profile:
 
 
 # the profile fields only realignment reads (not part of the experts' and the MTL model's keys)
-REALIGN_FIELDS = ("realign_steps", "lr_head_realign", "lr_repr_realign")
+REALIGN_FIELDS = ("realign_steps", "lr_head_realign", "lr_repr_realign", "head_realign_steps", "repr_realign_steps")
 
 
 PROFILES: dict[str, Profile] = {

@@ -20,6 +20,8 @@ BatchNorm re-estimation (a mechanism baseline, no training)
 from __future__ import annotations
 
 import copy
+import logging
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoints as ckpt
+from .atomic import atomic_write
 from . import store as st
 from .models import SimoModel, count_parameters
 from .tasks import get_tasks
@@ -45,15 +48,30 @@ LORA_TARGETS = r".*blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 
 def head_realign(model: SimoModel, val: dict, tasks: Tasks | None = None, steps: int = 300, lr: float = 1e-3,
                  batch_size: int = 32, seed: int = 0, device: Device = "cpu", progress: bool = False,
-                 cached: bool = True) -> tuple[SimoModel, RunRecord]:
+                 cached: bool = True, cache_dir: str | Path | None = None) -> tuple[SimoModel, RunRecord]:
     """Fine-tune each head of ``model`` (a copy) on ``val`` with the encoder frozen, tasks independent.
 
     With ``cached=True`` the encoder runs once over ``val``; with ``cached=False`` it re-runs on every
     batch (same batches, same result up to float rounding; for measuring the speed-up).
     Returns the realigned copy and a RunRecord (steps, samples, trainable parameters, wall-clock).
+    With ``cache_dir``, the heads are stored there (``head-<key>.safetensors`` + a ``.json`` record) under
+    a key that chains the starting model's content fingerprint, the split's key and every setting
+    (``cached`` included); a later identical call loads them instead of training.
     """
     tasks = get_tasks(tasks if tasks is not None else model.tasks)
+    path = art = store = None
+    if cache_dir is not None:
+        art = st.Artifact("realign", "head", {"tasks": list(tasks), "steps": steps, "lr": lr, "batch_size": batch_size,
+                                              "seed": seed, "cached": cached, "version": 1},
+                          {"merged-model": ckpt.state_fingerprint(model.state_dict()),
+                           "data-val": st.data_key({k: val[k] for k in ("image", *tasks)})})
+        store = st.Store(cache_dir)
+        path = store.path("", art, ".safetensors")
     model = copy.deepcopy(model).to(device)
+    if path is not None:
+        loaded = _load_cached(store, path, art, set_trainable(model, False))    # expects the heads' tensors
+        if loaded is not None:
+            return loaded
     record = RunRecord(name="head-realign" + ("" if cached else "-uncached"))
     t0 = time.perf_counter()
     feats = cache_features(model, val["image"], device=device) if cached else None   # (N, L, 2C, h, w)
@@ -68,6 +86,9 @@ def head_realign(model: SimoModel, val: dict, tasks: Tasks | None = None, steps:
         set_trainable(head, False)
         record.add(r)
     record.trainable_params = sum(count_parameters(model.heads[t]) for t in tasks)
+    if path is not None:
+        store.write_json(path.with_suffix(".json"), {"record": record.to_dict()}, art)
+        store.save_tensors(path, {k: v.detach().cpu().contiguous() for k, v in _trained_state(model).items()}, art)
     return model, record
 
 
@@ -177,7 +198,8 @@ def fold_lora(lora_model: LoraModel) -> nn.Module:
 def representation_realign(model: SimoModel, val: dict, tasks: Tasks | None = None, rank: int = 16,
                            kind: str = "block", steps: int = 300, lr: float = 1e-3, batch_size: int = 32,
                            seed: int = 0, device: Device = "cpu", progress: bool = False,
-                           cache_dir: str | Path | None = None) -> tuple[SimoModel, RunRecord]:
+                           cache_dir: str | Path | None = None,
+                           shipped_dir: str | Path | None = None) -> tuple[SimoModel, RunRecord]:
     """Train low-rank adapters in the (frozen) merged encoder together with all heads on ``val``.
 
     ``kind``: "block" (adapter after every block, the paper's form) or "lora" (PEFT LoRA on the
@@ -186,18 +208,20 @@ def representation_realign(model: SimoModel, val: dict, tasks: Tasks | None = No
     (``repr-<kind>-r<rank>-<key>.safetensors`` + a ``.json`` record with the cost): its key chains
     the fingerprint of the starting weights (the merged model's content key), the validation
     split's key and every setting. A later identical call loads it instead of training; a missing,
-    damaged or mismatched file (wrong key, wrong shapes, no record) is logged and trained again.
+    damaged or mismatched file (wrong key, wrong shapes, no record) is logged and trained again. The
+    file holds only what training changed (the adapters and the heads, BatchNorm statistics included):
+    the frozen merged weights are the starting model's, which the key pins down.
+    ``shipped_dir`` (with ``cache_dir``): a folder of published results of the same layout
+    (``data/models-<profile>/realign``, :mod:`simo_lite.shipped`); when the run has no file yet and
+    the shipped folder holds one of the same key, it is loaded and copied into ``cache_dir``.
     """
     if kind not in ("block", "lora"):
         raise ValueError(f"unknown adapter kind {kind!r}; valid: 'block', 'lora'")
     tasks = get_tasks(tasks if tasks is not None else model.tasks)
     path = art = store = None
     if cache_dir is not None:
-        art = st.Artifact("realign", f"repr-{kind}-r{rank}",
-                          {"tasks": list(tasks), "rank": rank, "kind": kind, "steps": steps, "lr": lr,
-                           "batch_size": batch_size, "seed": seed, "version": 2},
-                          {"merged-model": ckpt.state_fingerprint(model.state_dict()),
-                           "data-val": st.data_key({k: val[k] for k in ("image", *tasks)})})
+        art = adapter_artifact(model, val, tasks, rank=rank, kind=kind, steps=steps, lr=lr, batch_size=batch_size,
+                               seed=seed)
         store = st.Store(cache_dir)
         path = store.path("", art, ".safetensors")
     model = set_trainable(copy.deepcopy(model), False)
@@ -217,7 +241,8 @@ def representation_realign(model: SimoModel, val: dict, tasks: Tasks | None = No
     for t in tasks:
         set_trainable(model.heads[t], True)
     if path is not None:
-        loaded = _load_cached(store, path, art, model)
+        loaded = (_load_shipped(store, path, art, model, Path(shipped_dir)) if shipped_dir is not None else None)
+        loaded = loaded or _load_cached(store, path, art, model)
         if loaded is not None:
             return loaded
     r = fit(model, {"image": val["image"], **{t: val[t] for t in tasks}}, tasks, steps, lr, batch_size, seed=seed,
@@ -225,7 +250,7 @@ def representation_realign(model: SimoModel, val: dict, tasks: Tasks | None = No
             name=f"repr-realign-{kind}")
     r.name = f"repr-realign-{kind}"
     if path is not None:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in _trained_state(model).items()}
         store.write_json(path.with_suffix(".json"), {"record": r.to_dict()}, art)   # cost, incl. wall-clock
         store.save_tensors(path, state, art)                                          # written last
     return model, r
@@ -241,7 +266,12 @@ def _load_cached(store: st.Store, path: Path, art: st.Artifact, model: SimoModel
         return None
     backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
-        model.load_state_dict(tensors)
+        expected = set(_trained_state(model))
+        if set(tensors) != expected:
+            extra, missing = sorted(set(tensors) - expected), sorted(expected - set(tensors))
+            raise KeyError(f"{len(missing)} tensor(s) missing (e.g. {missing[:2]}), "
+                           f"{len(extra)} unexpected (e.g. {extra[:2]})")
+        model.load_state_dict(tensors, strict=False)
         record = RunRecord(**rec["record"])
     except (RuntimeError, TypeError, KeyError, ValueError) as e:      # wrong shapes / keys, bad record
         model.load_state_dict(backup)
@@ -249,3 +279,38 @@ def _load_cached(store: st.Store, path: Path, art: st.Artifact, model: SimoModel
         store.miss(art, f"corrupt file {path.name}: {type(e).__name__}: {line}")
         return None
     return model.eval(), record
+
+
+def adapter_artifact(model: SimoModel, val: dict, tasks: Tasks, *, rank: int, kind: str, steps: int, lr: float,
+                     batch_size: int, seed: int) -> st.Artifact:
+    """The store artifact of :func:`representation_realign` with these arguments (``repr-<kind>-r<rank>``):
+    its key chains the starting model's content fingerprint, the split's key and every setting."""
+    tasks = get_tasks(tasks)
+    return st.Artifact("realign", f"repr-{kind}-r{rank}",
+                       {"tasks": list(tasks), "rank": rank, "kind": kind, "steps": steps, "lr": lr,
+                        "batch_size": batch_size, "seed": seed, "version": 3},
+                       {"merged-model": ckpt.state_fingerprint(model.state_dict()),
+                        "data-val": st.data_key({k: val[k] for k in ("image", *tasks)})})
+
+
+def _trained_state(model: SimoModel) -> dict[str, torch.Tensor]:
+    """What representation realignment changes in ``model``: every tensor of the heads (parameters and
+    BatchNorm statistics) and the encoder's trainable (adapter) parameters, by state-dict name."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k.startswith("heads.") or k in trainable}
+
+
+def _load_shipped(store: st.Store, path: Path, art: st.Artifact, model: SimoModel, shipped_dir: Path):
+    """The shipped realignment of ``art`` when the run has none yet: (model, record), copied into the
+    run's cache folder (each file atomically, the tensors last); else None."""
+    src = shipped_dir / path.name
+    if path.exists() or not src.is_file() or not src.with_suffix(".json").is_file():
+        return None
+    loaded = _load_cached(st.Store(shipped_dir), src, art, model)
+    if loaded is None:
+        return None
+    for name in (path.with_suffix(".json"), path):
+        atomic_write(name, lambda tmp, f=shipped_dir / name.name: shutil.copyfile(f, tmp))
+    logging.getLogger("simo_lite.store").info("loaded the shipped realign %s (%s), copied into the run",
+                                              art.name, shipped_dir.parent.name)
+    return loaded

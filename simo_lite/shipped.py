@@ -9,6 +9,10 @@ test metrics, the validation-loss tail). :func:`simo_lite.training.train_expert`
 load a shipped model when its key matches the run's (same recipe, profile, seed, data and foundation)
 and copy it into the run directory; any other configuration trains as before.
 
+The representation realignments the course trains (adapters + heads, a few hundred kB each) ship the
+same way in ``data/models-<profile>/realign/`` (``--realign SET:METHOD+FIX[:rank=R][:steps=S]``), loaded by
+:func:`simo_lite.realign.representation_realign` when their key matches.
+
     python -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --mtl     # make experts
 """
 from __future__ import annotations
@@ -22,9 +26,9 @@ from pathlib import Path
 from typing import Sequence
 
 from . import paths
-from .atomic import copy_tree
+from .atomic import atomic_write, copy_tree
 
-__all__ = ["manifest_path", "ship", "main"]
+__all__ = ["manifest_path", "ship", "parse_realign", "main"]
 
 
 def manifest_path(profile_name: str, data_dir: str | Path | None = None) -> Path:
@@ -32,14 +36,57 @@ def manifest_path(profile_name: str, data_dir: str | Path | None = None) -> Path
     return Path(data_dir or paths.DATA_DIR) / f"models-{profile_name}.json"
 
 
+def parse_realign(spec: str) -> tuple[str, str, str, dict]:
+    """``"nyu3:ta+repr:steps=100"`` -> ``("nyu3", "ta", "repr", {"steps": 100})``: a task set, a merge
+    method, an adapter fix ("repr" or "lora") and its options (``rank``, ``steps``: positive integers)."""
+    from . import fixes, merging
+    parts = spec.split(":")
+    row = parts[1] if len(parts) > 1 else ""
+    method, _, fix = row.partition("+")
+    if len(parts) < 2 or method not in merging.MERGE_METHODS or fix not in ("repr", "lora") or fix not in fixes.FIXES:
+        raise ValueError(f"bad realignment {spec!r}: give SET:METHOD+FIX[:rank=R][:steps=S] with FIX repr or lora "
+                         f"and METHOD one of {', '.join(merging.MERGE_METHODS)}, e.g. nyu3:ta+repr:steps=100")
+    options = {}
+    for opt in parts[2:]:
+        name, _, value = opt.partition("=")
+        if name not in ("rank", "steps") or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"bad option {opt!r} in {spec!r}: rank=R or steps=S, positive integers")
+        options[name] = int(value)
+    return parts[0], method, fix, options
+
+
+def _ship_realign(profile, specs: Sequence[str], seed: int, run_dir: Path, out: Path) -> dict:
+    """Compute (or find in ``run_dir``) each realignment of ``specs`` on the merge at its validation-chosen
+    alpha and copy its files into ``out``; ``{spec: manifest entry}``."""
+    from .checkpoints import sha256_file
+    from .experiment import Experiment
+    from .fixes import adapter_path
+    entries, parsed = {}, [(spec, *parse_realign(spec)) for spec in specs]      # every spec checked first
+    for spec, tasks, method, fix, options in parsed:
+        exp = Experiment(profile, tasks, seed, "cpu", run_dir)
+        model = exp.merged_model(method)[0]
+        _, record = exp.fix(fix, model, **options)
+        src = adapter_path(exp, model, kind="block" if fix == "repr" else "lora", **options)
+        files = {}
+        for f in (src.with_suffix(".json"), src):           # the tensors last: a reader sees a record first
+            dst = out / f.name
+            atomic_write(dst, lambda tmp, f=f: shutil.copyfile(f, tmp))
+            files[f.name] = sha256_file(dst)
+        entries[spec] = {"files": files, "steps": record.steps, "trainable_params": record.trainable_params,
+                         "wall_s": record.wall_s}
+    return entries
+
+
 def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5"), seed: int = 0,
          mtl: bool = True, run_dir: str | Path | None = None, data_dir: str | Path | None = None,
          command: str = "", mtl_factors: Sequence[int] = (1,), mtl_sets: Sequence[str] | None = None,
-         **overrides: object) -> dict:
+         realign: Sequence[str] = (), **overrides: object) -> dict:
     """Train (or load from ``run_dir``) the experts of every task in ``sets`` and, with ``mtl``, the MTL
     model of each set (one per fine-tuning budget factor in ``mtl_factors``: 1, and 4 for the "MTL 4x"
     row; ``mtl_sets``: the sets whose MTL models ship, default all of ``sets``); copy each into
-    ``data/models-<profile>/`` (atomically, replacing an older copy of the same key) and write the manifest. Returns the manifest. Folders of other keys are removed."""
+    ``data/models-<profile>/`` (atomically, replacing an older copy of the same key); with ``realign``
+    (specs of :func:`parse_realign`), the representation realignments too, into its ``realign/`` folder;
+    write the manifest. Returns the manifest. Folders and realignment files of other keys are removed."""
     from . import profiles, training
     from .checkpoints import sha256_file
     from .experiment import Experiment
@@ -70,13 +117,19 @@ def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5")
                             "files": {f.name: sha256_file(f) for f in sorted(dst.iterdir())},
                             "steps": rec["steps"], "wall_s": rec["wall_s"], "test": rec["metrics"].get("test"),
                             "val_tail": training.val_tail_improvement(rec)}
-    keep = {m["folder"].split("/", 1)[1] for m in models.values()}
+    realigned = _ship_realign(profile, realign, seed, run_dir, out_root / "realign") if realign else {}
+    keep = {m["folder"].split("/", 1)[1] for m in models.values()} | {"realign"}
     for stale in out_root.iterdir():
         if stale.is_dir() and stale.name not in keep:
             shutil.rmtree(stale)
+    keep_files = {name for e in realigned.values() for name in e["files"]}
+    for stale in ((out_root / "realign").iterdir() if (out_root / "realign").is_dir() else ()):
+        if stale.name not in keep_files:
+            stale.unlink()
     manifest = {"command": command or f"python -m simo_lite.shipped --profile {profile_name}", "profile": profile_name,
                 "seed": seed, "sets": list(sets), "foundation_key": exp.foundation_key, "data_key": exp.data_key,
-                "profile_config": profile.to_dict(), "models": models, "wall_s": time.perf_counter() - t0}
+                "profile_config": profile.to_dict(), "models": models, "realign": realigned,
+                "wall_s": time.perf_counter() - t0}
     from .atomic import write_text
     write_text(manifest_path(profile.name, data_dir), json.dumps(manifest, indent=1, default=float))
     return manifest
@@ -93,16 +146,26 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="MTL fine-tuning budgets as multiples of the profile's (default: 1; 1 4 adds the MTL 4x row)")
     ap.add_argument("--mtl-sets", nargs="+", default=None, help="with --mtl: the sets whose MTL models ship "
                     "(default: every set of --sets)")
+    ap.add_argument("--realign", nargs="+", default=[], metavar="SET:METHOD+FIX[:rank=R][:steps=S]",
+                    help="representation realignments to ship too, on the merge at its validation-chosen alpha "
+                         "(e.g. nyu3:ta+repr nyu3:ta+lora nyu3:ta+repr:steps=100)")
     ap.add_argument("--run-dir", default=None, help="where the models are trained (or found); "
                     "default: runs/ship-<profile>-<seed>")
     ap.add_argument("--data-dir", default=None, help="default: the repository's data/")
     args = ap.parse_args(argv)
+    for spec in args.realign:
+        try:
+            parse_realign(spec)
+        except ValueError as e:
+            ap.error(str(e))
     command = "python -m simo_lite.shipped " + " ".join(argv if argv is not None else sys.argv[1:])
     m = ship(args.profile, args.sets, args.seed, args.mtl, args.run_dir, args.data_dir, command=command,
-             mtl_factors=args.mtl_factors, mtl_sets=args.mtl_sets)
+             mtl_factors=args.mtl_factors, mtl_sets=args.mtl_sets, realign=args.realign)
     for info in m["models"].values():
         print(f"{info['name']}: {info['folder']} ({info['steps']} steps, {info['wall_s']:.0f} s, "
               f"val-loss tail {100 * info['val_tail']:+.2f} %)")
+    for spec, info in m["realign"].items():
+        print(f"realign {spec}: {', '.join(info['files'])} ({info['steps']} steps, {info['wall_s']:.0f} s)")
     print(f"manifest: {manifest_path(args.profile, args.data_dir)}")
 
 

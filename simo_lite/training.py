@@ -41,7 +41,8 @@ __all__ = ["RunRecord", "RECIPE_VERSION", "expert_artifact", "mtl_artifact", "tw
            "cache_features", "features_fit_in_memory", "probe_stage", "profile_augment",
            "batch_indices", "fit", "evaluate", "build_model", "make_profile_encoder", "train_expert", "train_mtl",
            "progress_enabled", "set_trainable", "Stage", "one_cycle", "tail_improvement",
-           "val_loss", "val_tail_improvement", "shipped_model_dir"]
+           "val_loss", "val_tail_improvement", "shipped_model_dir",
+           "shipped_realign_dir"]
 
 # ``load_data`` (simo_lite.data) and ``progress_enabled`` (simo_lite.progress) are re-exported under
 # their old home here: ``training.load_data`` and ``training.progress_enabled`` keep working.
@@ -497,6 +498,12 @@ def shipped_model_dir(art: st.Artifact, profile: Profile) -> Path:
     shipped (``python -m simo_lite.shipped``, ``make experts``). It matches only with the same key: the
     same recipe, profile, seed, data and foundation."""
     return SHIPPED_DIR / f"models-{profile.name}" / f"{art.name}-{art.key}"
+
+
+def shipped_realign_dir(profile: Profile) -> Path:
+    """``data/models-<profile>/realign``: the shipped representation realignments of a profile
+    (:func:`simo_lite.realign.representation_realign`'s ``shipped_dir``; each matches one key only)."""
+    return SHIPPED_DIR / f"models-{profile.name}" / "realign"
 
 
 def _load_shipped(folder: Path, art: st.Artifact, profile: Profile, tasks: Tasks) -> tuple[SimoModel, RunRecord] | None:

@@ -188,3 +188,32 @@ def test_experiment_cli_two_seeds_in_two_workers(tmp_path):
     assert "mean ± SD over seeds 0, 1" in (folder / "aggregate.md").read_text()
     assert (folder / "delta_m.png").stat().st_size > 0
     assert "collected" in res.stdout and str(folder) in res.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# profile overrides and a subset of rows from the command line
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "nope=1"], "profile field"), (["--set", "realign_steps"], "FIELD=VALUE"),
+    (["--set", "head_realign_steps=x"], "takes a int"), (["--set", "repr_realign_steps=-5"], "must not be negative"),
+    (["--rows", "ta", "bogus"], "unknown row 'bogus'")])
+def test_experiment_cli_rejects_bad_overrides_and_rows(argv, message, capsys):
+    from simo_lite import experiment
+    with pytest.raises(SystemExit) as e:
+        experiment.main(["--profile", "smoke", "--tasks", "nyu3", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_experiment_cli_overrides_the_realignment_budget_of_chosen_rows(tmp_path, monkeypatch, capsys):
+    """``--set head_realign_steps=3 --rows experts ta ta+head``: only those rows, head realignment at 3
+    steps per head (the profile's realign_steps untouched for the other fixes), the command recorded."""
+    from simo_lite import experiment
+    monkeypatch.setenv("CI", "1")
+    run = tmp_path / "run"
+    experiment.main(["--profile", "smoke", "--tasks", "depth,normals", "--device", "cpu", "--run-dir", str(run),
+                     "--set", "head_realign_steps=3", "--rows", "experts", "ta", "ta+head"])
+    table = json.loads((run / "results" / "table-depth+normals.json").read_text())
+    assert [r["row"] for r in table] == ["experts", "ta", "ta+head"]
+    assert table[2]["cost"]["steps"] == 3 * 2                         # 3 steps for each of the 2 heads
+    meta = json.loads((run / "run-meta.json").read_text())
+    assert "--set head_realign_steps=3" in meta["command"] and "--rows experts ta ta+head" in meta["command"]

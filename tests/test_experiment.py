@@ -70,6 +70,50 @@ def test_merge_combinations_single_tasks_are_experts(exp):
     assert pair["per_task"] == pytest.approx(exp.normalized(exp.row("ta")["metrics"]))
 
 
+def test_task_relationships_evaluates_the_foundation_once(exp, monkeypatch):
+    calls = []
+    evaluate = exp.evaluate
+    monkeypatch.setattr(exp, "evaluate", lambda model, split="test", tasks=None:
+                        (calls.append(split), evaluate(model, split, tasks))[1])
+    lams = (0.0, 0.5, 1.0)
+    rel = exp.task_relationships(lams)
+    n_tasks = len(exp.tasks)
+    # lam = 0 is theta_0 for every primary: one evaluation for all of them, then (n_lams - 1) per primary
+    assert len(calls) == n_tasks * (len(lams) - 1) + 1 and set(calls) == {"val"}
+    assert list(rel) == list(exp.tasks) and all(list(rel[p]) == list(lams) for p in exp.tasks)
+    zero = [rel[p][0.0] for p in exp.tasks]
+    assert all(z == zero[0] for z in zero) and len({id(z) for z in zero}) == n_tasks   # equal, not shared
+    monkeypatch.undo()
+    assert zero[0] == pytest.approx(exp.normalized(exp.evaluate(exp.with_heads(exp.foundation), "val"), "val"))
+    for p in exp.tasks:                                                   # lam = 1: the primary's own expert
+        assert rel[p][1.0][p] == pytest.approx(1.0, abs=1e-2)
+    # without 0 on the grid every point is evaluated
+    calls.clear()
+    monkeypatch.setattr(exp, "evaluate", lambda model, split="test", tasks=None:
+                        (calls.append(split), evaluate(model, split, tasks))[1])
+    exp.task_relationships((0.5, 1.0))
+    assert len(calls) == n_tasks * 2
+
+
+def test_head_realigned_is_the_direct_call_on_the_first_val_images(exp):
+    """Notebook 05's sample-budget curve and budget tries call realign.head_realign on the first n val images
+    with exp.head_realigned's settings, and at the notebook's own n reuse exp.head_realigned's result: the
+    two must be the same realignment."""
+    import torch
+
+    from simo_lite import realign
+    p, n = exp.profile, len(exp.data["val_realign"]["image"])
+    model = exp.with_heads(exp.merge("ta", 0.5))
+    ref, ref_record = exp.head_realigned(model)
+    val_n = {k: v[:n] for k, v in exp.data["val"].items()}
+    new, record = realign.head_realign(model, val_n, exp.tasks, steps=p.realign_steps, lr=p.lr_head_realign,
+                                       batch_size=p.batch_size, seed=exp.seed, device=exp.device)
+    assert (record.steps, record.samples) == (ref_record.steps, ref_record.samples)
+    for (k, a), b in zip(new.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a.cpu(), b.cpu()), k
+    assert exp.score(exp.evaluate(new, "val"), split="val") == exp.score(exp.evaluate(ref, "val"), split="val")
+
+
 # ------------------------------------------------------------------------------------------------
 # a lazy Experiment: nothing is loaded, trained or written until asked for
 # ------------------------------------------------------------------------------------------------

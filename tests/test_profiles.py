@@ -81,3 +81,11 @@ def test_the_valid_class_counts_come_from_the_dataset_registry(tmp_path):
         profiles.validate(profiles.get("smoke", cityscapes_classes=8))
     with pytest.raises(ValueError, match=r"^the 'paper' profile .*dataset='nyuv2' or 'cityscapes' with data_dir"):
         profiles.validate(profiles.get("paper"))
+
+
+def test_each_fix_has_its_own_step_budget_defaulting_to_realign_steps():
+    p = profiles.get("cpu")
+    assert (p.head_steps, p.repr_steps) == (p.realign_steps, p.realign_steps)
+    q = profiles.get("cpu", head_realign_steps=1600, repr_realign_steps=200)
+    assert (q.head_steps, q.repr_steps) == (1600, 200)
+    assert q.training_dict() == p.training_dict()            # a realignment budget never retrains the experts

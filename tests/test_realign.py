@@ -11,6 +11,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from simo_lite import foundation, profiles, realign, training
+from simo_lite import store as st
 from simo_lite.models import count_parameters
 
 TASKS = ("seg", "depth")
@@ -290,3 +291,74 @@ def test_representation_realign_cache(base_model, val, tmp_path, monkeypatch, ki
     monkeypatch.undo()
     realign.representation_realign(base_model, val, **{**kw, "rank": 2})      # another rank: another file
     assert len(list(tmp_path.glob(f"repr-{kind}-*.safetensors"))) == 2
+
+
+@pytest.mark.parametrize("kind", ["block", "lora"])
+def test_representation_realign_cache_holds_only_what_training_changed(base_model, val, tmp_path, kind):
+    """The stored file has the adapters and the heads (BatchNorm statistics included), not the frozen
+    merged weights, which the key pins down; loading it rebuilds the whole trained model."""
+    new, _ = realign.representation_realign(base_model, val, TASKS, rank=4, kind=kind, steps=REPR_STEPS,
+                                            batch_size=BATCH, cache_dir=tmp_path)
+    (path,) = tmp_path.glob(f"repr-{kind}-r4-*.safetensors")
+    stored = st.load_tensors(path)
+    adapter_names = {n for n, p in new.encoder.named_parameters() if p.requires_grad}
+    assert adapter_names and all(f"encoder.{n}" in stored for n in adapter_names)
+    assert {k for k in stored if k.startswith("heads.")} == {k for k in new.state_dict() if k.startswith("heads.")}
+    assert not [k for k in stored if k.startswith("encoder.") and k[len("encoder."):] not in adapter_names]
+    assert any(k.endswith("running_mean") for k in stored) or not any(
+        k.endswith("running_mean") for k in new.state_dict())
+
+
+def test_representation_realign_loads_a_shipped_result(base_model, val, tmp_path, monkeypatch, caplog):
+    """A result of the same key in ``shipped_dir`` is loaded (no training) and copied into the run's
+    cache; one of another key (here another rank) is not used."""
+    shipped, run = tmp_path / "shipped", tmp_path / "run"
+    kw = dict(tasks=TASKS, rank=4, kind="block", steps=REPR_STEPS, batch_size=BATCH, lr=1e-3)
+    first, rec1 = realign.representation_realign(base_model, val, cache_dir=shipped, **kw)
+    monkeypatch.setattr(realign, "fit", lambda *a, **k: pytest.fail("trained despite the shipped result"))
+    with caplog.at_level("INFO", logger="simo_lite.store"):
+        again, rec2 = realign.representation_realign(base_model, val, cache_dir=run, shipped_dir=shipped, **kw)
+    assert "loaded the shipped realign repr-block-r4" in caplog.text
+    _assert_state_equal(_state(again), _state(first))
+    assert rec2.metrics["loss"] == rec1.metrics["loss"]
+    assert sorted(f.name for f in run.iterdir()) == sorted(f.name for f in shipped.iterdir())
+    again2, _ = realign.representation_realign(base_model, val, cache_dir=run, shipped_dir=shipped, **kw)
+    _assert_state_equal(_state(again2), _state(first))                  # now from the run's own copy
+    monkeypatch.undo()
+    calls = []
+    real_fit = realign.fit
+    monkeypatch.setattr(realign, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    realign.representation_realign(base_model, val, cache_dir=run, shipped_dir=shipped, **{**kw, "rank": 2})
+    assert calls == [1]                                                  # another key: trained
+
+
+def test_representation_realign_rejects_a_file_with_other_tensors(base_model, val, tmp_path, caplog):
+    """A cached file whose tensor names are not the adapters + heads of this model is a logged miss."""
+    kw = dict(tasks=TASKS, rank=4, kind="block", steps=REPR_STEPS, batch_size=BATCH, cache_dir=tmp_path)
+    first, _ = realign.representation_realign(base_model, val, **kw)
+    (path,) = tmp_path.glob("repr-block-r4-*.safetensors")
+    tensors = st.load_tensors(path)
+    tensors["encoder.not_a_weight"] = torch.zeros(1)
+    meta = st.read_metadata(path)
+    st.save_tensors(tensors, path, metadata=meta)
+    with caplog.at_level("INFO", logger="simo_lite.store"):
+        again, _ = realign.representation_realign(base_model, val, **kw)
+    assert "unexpected" in caplog.text
+    _assert_state_equal(_state(again), _state(first))                    # retrained, same numbers
+
+
+def test_head_realign_cache(base_model, val, tmp_path, monkeypatch):
+    """A second identical head realignment loads the stored heads (no training), with the same record;
+    the file holds the heads only; the uncached path (another setting) trains again."""
+    kw = dict(tasks=TASKS, steps=STEPS, batch_size=BATCH, seed=0, cache_dir=tmp_path)
+    first, rec1 = realign.head_realign(base_model, val, **kw)
+    (path,) = tmp_path.glob("head-*.safetensors")
+    assert all(k.startswith("heads.") for k in st.load_tensors(path))
+    monkeypatch.setattr(realign, "fit", lambda *a, **k: pytest.fail("trained again despite the cache"))
+    again, rec2 = realign.head_realign(base_model, val, **kw)
+    _assert_state_equal(_state(again), _state(first))
+    assert rec2.steps == rec1.steps and rec2.trainable_params == rec1.trainable_params and rec2.stages == rec1.stages
+    assert not any(p.requires_grad for p in again.parameters())
+    monkeypatch.undo()
+    realign.head_realign(base_model, val, **{**kw, "cached": False})
+    assert len(list(tmp_path.glob("head-*.safetensors"))) == 2

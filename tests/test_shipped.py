@@ -16,7 +16,8 @@ def shipped_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("data")
     run_dir = tmp_path_factory.mktemp("ship-run")
     m = shipped.ship("smoke", sets=("depth,normals",), seed=0, mtl=True, run_dir=run_dir, data_dir=data_dir,
-                     command="test", mtl_factors=(1, 2))
+                     command="test", mtl_factors=(1, 2),
+                     realign=("depth,normals:ta+repr", "depth,normals:ta+lora:steps=3"))
     m["by_name"] = {}
     for info in m["models"].values():
         m["by_name"].setdefault(info["name"], []).append(info)
@@ -97,3 +98,44 @@ def test_copy_tree_replaces_a_folder_whole(tmp_path):
     assert copy_tree(src, dst, ignore=sh.ignore_patterns("probe")) == dst
     assert sorted(p.name for p in dst.iterdir()) == ["a.txt"] and (dst / "a.txt").read_text() == "new"
     assert sorted(p.name for p in dst.parent.iterdir()) == ["dst"]                 # no temporary left
+
+
+def test_ship_writes_the_realignments_with_their_digests(shipped_dir):
+    data_dir, m = shipped_dir
+    assert list(m["realign"]) == ["depth,normals:ta+repr", "depth,normals:ta+lora:steps=3"]
+    assert m["realign"]["depth,normals:ta+lora:steps=3"]["steps"] == 3
+    assert m["realign"]["depth,normals:ta+repr"]["steps"] == profiles.get("smoke").realign_steps
+    on_disk = sorted(p.name for p in (data_dir / "models-smoke" / "realign").iterdir())
+    assert on_disk == sorted(n for e in m["realign"].values() for n in e["files"])
+    for e in m["realign"].values():
+        assert {n.rsplit(".", 1)[1] for n in e["files"]} == {"json", "safetensors"}
+        for name, digest in e["files"].items():
+            assert sha256_file(data_dir / "models-smoke" / "realign" / name) == digest
+
+
+def test_a_matching_run_loads_the_shipped_realignment(shipped_dir, tmp_path, monkeypatch):
+    from simo_lite import realign
+    data_dir, m = shipped_dir
+    monkeypatch.setattr(training, "SHIPPED_DIR", data_dir)
+    monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("trained an expert although one is shipped"))
+    monkeypatch.setattr(realign, "fit", lambda *a, **k: pytest.fail("realigned although a realignment is shipped"))
+    exp = Experiment(profiles.get("smoke"), ("depth", "normals"), 0, "cpu", tmp_path / "run")
+    model = exp.merged_model("ta")[0]
+    _, record = exp.fix("lora", model, steps=3)
+    assert record.steps == 3 and record.wall_s == m["realign"]["depth,normals:ta+lora:steps=3"]["wall_s"]
+    copied = sorted(p.name for p in (tmp_path / "run" / "realign").iterdir())
+    assert copied == sorted(m["realign"]["depth,normals:ta+lora:steps=3"]["files"])
+
+
+@pytest.mark.parametrize("spec", ["nyu3", "nyu3:ta", "nyu3:ta+head", "nyu3:nope+repr", "nyu3:ta+repr:rank=0",
+                                  "nyu3:ta+repr:width=3"])
+def test_bad_realignment_specs_are_refused(spec, capsys):
+    with pytest.raises(ValueError, match="bad"):
+        shipped.parse_realign(spec)
+    with pytest.raises(SystemExit) as e:
+        shipped.main(["--profile", "smoke", "--realign", spec])
+    assert e.value.code == 2 and "bad" in capsys.readouterr().err
+
+
+def test_realignment_specs_parse():
+    assert shipped.parse_realign("nyu3:ties+lora:rank=2:steps=50") == ("nyu3", "ties", "lora", {"rank": 2, "steps": 50})
