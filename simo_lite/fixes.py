@@ -43,7 +43,7 @@ if TYPE_CHECKING:                                   # pragma: no cover
     from .models import SimoModel
     from .training import RunRecord
 
-__all__ = ["Fix", "FIXES", "register_fix", "head_realignment", "adapter_realignment", "adapter_path", "bn_reestimation"]
+__all__ = ["Fix", "FIXES", "register_fix", "head_realignment", "adapter_realignment", "realign_path", "bn_reestimation"]
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,15 @@ def head_realignment(exp: "Experiment", model: "SimoModel", *, steps: int | None
     the merged encoder's features, encoder frozen (:func:`simo_lite.realign.head_realign`), stored in the
     ``realign/`` folder of the experiment's run directory (a later notebook loads it)."""
     from .realign import head_realign
+    from .training import shipped_realign_dir
+    return head_realign(model, exp.data["val_realign"], exp.tasks, **_head_settings(exp, steps, cached),
+                        device=exp.device, progress=exp.progress, cache_dir=exp.store.root / "realign",
+                        shipped_dir=shipped_realign_dir(exp.profile))
+
+
+def _head_settings(exp: "Experiment", steps: int | None, cached: bool) -> dict:
     p = exp.profile
-    return head_realign(model, exp.data["val_realign"], exp.tasks, steps=steps or p.head_steps, lr=p.lr_head_realign,
-                        batch_size=p.batch_size, seed=exp.seed, device=exp.device, progress=exp.progress,
-                        cached=cached, cache_dir=exp.store.root / "realign")
+    return dict(steps=steps or p.head_steps, lr=p.lr_head_realign, batch_size=p.batch_size, seed=exp.seed, cached=cached)
 
 
 def adapter_realignment(exp: "Experiment", model: "SimoModel", *, kind: str = "block", rank: int | None = None,
@@ -113,13 +118,20 @@ def _adapter_settings(exp: "Experiment", kind: str, rank: int | None, steps: int
                 batch_size=p.batch_size, seed=exp.seed)
 
 
-def adapter_path(exp: "Experiment", model: "SimoModel", *, kind: str = "block", rank: int | None = None,
-                 steps: int | None = None) -> Path:
-    """Where :func:`adapter_realignment` with these arguments stores its result in the experiment's run
-    directory (``realign/repr-<kind>-r<rank>-<key>.safetensors``, beside its ``.json`` record)."""
-    from .realign import adapter_artifact
+def realign_path(exp: "Experiment", model: "SimoModel", fix: str, **options) -> Path:
+    """Where the fix ``fix`` ("head", "repr" or "lora") with ``options`` (as :meth:`Experiment.fix` takes
+    them) stores its result for ``model`` in the experiment's run directory
+    (``realign/<name>-<key>.safetensors``, beside its ``.json`` record)."""
+    from .realign import adapter_artifact, head_artifact
     from .store import Store
-    art = adapter_artifact(model, exp.data["val_realign"], exp.tasks, **_adapter_settings(exp, kind, rank, steps))
+    val = exp.data["val_realign"]
+    if fix == "head":
+        art = head_artifact(model, val, exp.tasks, **_head_settings(exp, options.get("steps"), options.get("cached", True)))
+    elif fix in ("repr", "lora"):
+        art = adapter_artifact(model, val, exp.tasks, **_adapter_settings(exp, "block" if fix == "repr" else "lora",
+                                                                         options.get("rank"), options.get("steps")))
+    else:
+        raise ValueError(f"fix {fix!r} stores no realignment; those that do: head, repr, lora")
     return Store(exp.store.root / "realign").path("", art, ".safetensors")
 
 

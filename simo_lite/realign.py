@@ -48,7 +48,8 @@ LORA_TARGETS = r".*blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 
 def head_realign(model: SimoModel, val: dict, tasks: Tasks | None = None, steps: int = 300, lr: float = 1e-3,
                  batch_size: int = 32, seed: int = 0, device: Device = "cpu", progress: bool = False,
-                 cached: bool = True, cache_dir: str | Path | None = None) -> tuple[SimoModel, RunRecord]:
+                 cached: bool = True, cache_dir: str | Path | None = None,
+                 shipped_dir: str | Path | None = None) -> tuple[SimoModel, RunRecord]:
     """Fine-tune each head of ``model`` (a copy) on ``val`` with the encoder frozen, tasks independent.
 
     With ``cached=True`` the encoder runs once over ``val``; with ``cached=False`` it re-runs on every
@@ -56,20 +57,20 @@ def head_realign(model: SimoModel, val: dict, tasks: Tasks | None = None, steps:
     Returns the realigned copy and a RunRecord (steps, samples, trainable parameters, wall-clock).
     With ``cache_dir``, the heads are stored there (``head-<key>.safetensors`` + a ``.json`` record) under
     a key that chains the starting model's content fingerprint, the split's key and every setting
-    (``cached`` included); a later identical call loads them instead of training.
+    (``cached`` included); a later identical call loads them instead of training; ``shipped_dir``: as
+    :func:`representation_realign`'s.
     """
     tasks = get_tasks(tasks if tasks is not None else model.tasks)
     path = art = store = None
     if cache_dir is not None:
-        art = st.Artifact("realign", "head", {"tasks": list(tasks), "steps": steps, "lr": lr, "batch_size": batch_size,
-                                              "seed": seed, "cached": cached, "version": 1},
-                          {"merged-model": ckpt.state_fingerprint(model.state_dict()),
-                           "data-val": st.data_key({k: val[k] for k in ("image", *tasks)})})
+        art = head_artifact(model, val, tasks, steps=steps, lr=lr, batch_size=batch_size, seed=seed, cached=cached)
         store = st.Store(cache_dir)
         path = store.path("", art, ".safetensors")
     model = copy.deepcopy(model).to(device)
     if path is not None:
-        loaded = _load_cached(store, path, art, set_trainable(model, False))    # expects the heads' tensors
+        set_trainable(model, False)                                         # the file holds the heads' tensors
+        loaded = _load_shipped(store, path, art, model, Path(shipped_dir)) if shipped_dir is not None else None
+        loaded = loaded or _load_cached(store, path, art, model)
         if loaded is not None:
             return loaded
     record = RunRecord(name="head-realign" + ("" if cached else "-uncached"))
@@ -279,6 +280,17 @@ def _load_cached(store: st.Store, path: Path, art: st.Artifact, model: SimoModel
         store.miss(art, f"corrupt file {path.name}: {type(e).__name__}: {line}")
         return None
     return model.eval(), record
+
+
+def head_artifact(model: SimoModel, val: dict, tasks: Tasks, *, steps: int, lr: float, batch_size: int, seed: int,
+                  cached: bool = True) -> st.Artifact:
+    """The store artifact of :func:`head_realign` with these arguments (``head``): its key chains the
+    starting model's content fingerprint, the split's key and every setting."""
+    tasks = get_tasks(tasks)
+    return st.Artifact("realign", "head", {"tasks": list(tasks), "steps": steps, "lr": lr, "batch_size": batch_size,
+                                           "seed": seed, "cached": cached, "version": 1},
+                       {"merged-model": ckpt.state_fingerprint(model.state_dict()),
+                        "data-val": st.data_key({k: val[k] for k in ("image", *tasks)})})
 
 
 def adapter_artifact(model: SimoModel, val: dict, tasks: Tasks, *, rank: int, kind: str, steps: int, lr: float,

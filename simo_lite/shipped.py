@@ -10,8 +10,8 @@ load a shipped model when its key matches the run's (same recipe, profile, seed,
 and copy it into the run directory; any other configuration trains as before.
 
 The representation realignments the course trains (adapters + heads, a few hundred kB each) ship the
-same way in ``data/models-<profile>/realign/`` (``--realign SET:METHOD+FIX[:rank=R][:steps=S]``), loaded by
-:func:`simo_lite.realign.representation_realign` when their key matches.
+same way in ``data/models-<profile>/realign/`` (``--realign SET:METHOD+FIX[:OPTION=VALUE...]``, FIX head,
+repr or lora), loaded by :mod:`simo_lite.realign` when their key matches.
 
     python -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --mtl     # make experts
 """
@@ -36,22 +36,30 @@ def manifest_path(profile_name: str, data_dir: str | Path | None = None) -> Path
     return Path(data_dir or paths.DATA_DIR) / f"models-{profile_name}.json"
 
 
+REALIGN_OPTIONS = {"head": ("steps", "cached"), "repr": ("rank", "steps"), "lora": ("rank", "steps")}
+
+
 def parse_realign(spec: str) -> tuple[str, str, str, dict]:
     """``"nyu3:ta+repr:steps=100"`` -> ``("nyu3", "ta", "repr", {"steps": 100})``: a task set, a merge
-    method, an adapter fix ("repr" or "lora") and its options (``rank``, ``steps``: positive integers)."""
-    from . import fixes, merging
+    method, a fix that trains ("head", "repr" or "lora") and its options (``rank``, ``steps``: positive
+    integers; ``cached`` for "head": 0 or 1)."""
+    from . import merging
     parts = spec.split(":")
     row = parts[1] if len(parts) > 1 else ""
     method, _, fix = row.partition("+")
-    if len(parts) < 2 or method not in merging.MERGE_METHODS or fix not in ("repr", "lora") or fix not in fixes.FIXES:
-        raise ValueError(f"bad realignment {spec!r}: give SET:METHOD+FIX[:rank=R][:steps=S] with FIX repr or lora "
-                         f"and METHOD one of {', '.join(merging.MERGE_METHODS)}, e.g. nyu3:ta+repr:steps=100")
+    if len(parts) < 2 or method not in merging.MERGE_METHODS or fix not in REALIGN_OPTIONS:
+        raise ValueError(f"bad realignment {spec!r}: give SET:METHOD+FIX[:OPTION=VALUE...] with FIX one of "
+                         f"{', '.join(REALIGN_OPTIONS)} and METHOD one of {', '.join(merging.MERGE_METHODS)}, "
+                         f"e.g. nyu3:ta+repr:steps=100")
     options = {}
     for opt in parts[2:]:
         name, _, value = opt.partition("=")
-        if name not in ("rank", "steps") or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"bad option {opt!r} in {spec!r}: rank=R or steps=S, positive integers")
-        options[name] = int(value)
+        if name not in REALIGN_OPTIONS[fix] or not value.isdigit() or (name != "cached" and int(value) < 1) \
+                or (name == "cached" and value not in ("0", "1")):
+            raise ValueError(f"bad option {opt!r} in {spec!r}: {fix} takes "
+                             + ", ".join(f"{n}=" + ("0|1" if n == "cached" else "N (a positive integer)")
+                                         for n in REALIGN_OPTIONS[fix]))
+        options[name] = bool(int(value)) if name == "cached" else int(value)
     return parts[0], method, fix, options
 
 
@@ -60,13 +68,15 @@ def _ship_realign(profile, specs: Sequence[str], seed: int, run_dir: Path, out: 
     alpha and copy its files into ``out``; ``{spec: manifest entry}``."""
     from .checkpoints import sha256_file
     from .experiment import Experiment
-    from .fixes import adapter_path
+    from .fixes import realign_path
+    from .merging import MERGE_METHODS
     entries, parsed = {}, [(spec, *parse_realign(spec)) for spec in specs]      # every spec checked first
     for spec, tasks, method, fix, options in parsed:
         exp = Experiment(profile, tasks, seed, "cpu", run_dir)
-        model = exp.merged_model(method)[0]
+        model = (exp.merged_model(method)[0] if MERGE_METHODS[method].uses_alpha       # as the table's row
+                 else exp.with_heads(exp.merge(method, 1.0)))
         _, record = exp.fix(fix, model, **options)
-        src = adapter_path(exp, model, kind="block" if fix == "repr" else "lora", **options)
+        src = realign_path(exp, model, fix, **options)
         files = {}
         for f in (src.with_suffix(".json"), src):           # the tensors last: a reader sees a record first
             dst = out / f.name
@@ -146,9 +156,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="MTL fine-tuning budgets as multiples of the profile's (default: 1; 1 4 adds the MTL 4x row)")
     ap.add_argument("--mtl-sets", nargs="+", default=None, help="with --mtl: the sets whose MTL models ship "
                     "(default: every set of --sets)")
-    ap.add_argument("--realign", nargs="+", default=[], metavar="SET:METHOD+FIX[:rank=R][:steps=S]",
-                    help="representation realignments to ship too, on the merge at its validation-chosen alpha "
-                         "(e.g. nyu3:ta+repr nyu3:ta+lora nyu3:ta+repr:steps=100)")
+    ap.add_argument("--realign", nargs="+", default=[], metavar="SET:METHOD+FIX[:OPTION=VALUE...]",
+                    help="realignments (FIX head, repr or lora) to ship too, on the merge as the results table "
+                         "makes it (e.g. nyu3:ta+head nyu3:ta+repr nyu3:ta+lora:rank=2 nyu3:ta+head:steps=50:cached=0)")
     ap.add_argument("--run-dir", default=None, help="where the models are trained (or found); "
                     "default: runs/ship-<profile>-<seed>")
     ap.add_argument("--data-dir", default=None, help="default: the repository's data/")

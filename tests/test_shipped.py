@@ -17,7 +17,8 @@ def shipped_dir(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ship-run")
     m = shipped.ship("smoke", sets=("depth,normals",), seed=0, mtl=True, run_dir=run_dir, data_dir=data_dir,
                      command="test", mtl_factors=(1, 2),
-                     realign=("depth,normals:ta+repr", "depth,normals:ta+lora:steps=3"))
+                     realign=("depth,normals:ta+repr", "depth,normals:ta+lora:steps=3", "depth,normals:ta+head",
+                              "depth,normals:zeroshot+head:steps=2:cached=0"))
     m["by_name"] = {}
     for info in m["models"].values():
         m["by_name"].setdefault(info["name"], []).append(info)
@@ -102,8 +103,10 @@ def test_copy_tree_replaces_a_folder_whole(tmp_path):
 
 def test_ship_writes_the_realignments_with_their_digests(shipped_dir):
     data_dir, m = shipped_dir
-    assert list(m["realign"]) == ["depth,normals:ta+repr", "depth,normals:ta+lora:steps=3"]
+    assert list(m["realign"]) == ["depth,normals:ta+repr", "depth,normals:ta+lora:steps=3", "depth,normals:ta+head",
+                                  "depth,normals:zeroshot+head:steps=2:cached=0"]
     assert m["realign"]["depth,normals:ta+lora:steps=3"]["steps"] == 3
+    assert m["realign"]["depth,normals:zeroshot+head:steps=2:cached=0"]["steps"] == 2 * 2     # 2 steps, 2 heads
     assert m["realign"]["depth,normals:ta+repr"]["steps"] == profiles.get("smoke").realign_steps
     on_disk = sorted(p.name for p in (data_dir / "models-smoke" / "realign").iterdir())
     assert on_disk == sorted(n for e in m["realign"].values() for n in e["files"])
@@ -125,10 +128,16 @@ def test_a_matching_run_loads_the_shipped_realignment(shipped_dir, tmp_path, mon
     assert record.steps == 3 and record.wall_s == m["realign"]["depth,normals:ta+lora:steps=3"]["wall_s"]
     copied = sorted(p.name for p in (tmp_path / "run" / "realign").iterdir())
     assert copied == sorted(m["realign"]["depth,normals:ta+lora:steps=3"]["files"])
+    _, head_record = exp.head_realigned(model)                               # the shipped head realignment
+    assert head_record.wall_s == m["realign"]["depth,normals:ta+head"]["wall_s"]
+    zs = exp.with_heads(exp.merge("zeroshot", 1.0))
+    _, zs_record = exp.head_realigned(zs, cached=False, steps=2)
+    assert zs_record.name == "head-realign-uncached" and zs_record.wall_s == \
+        m["realign"]["depth,normals:zeroshot+head:steps=2:cached=0"]["wall_s"]
 
 
-@pytest.mark.parametrize("spec", ["nyu3", "nyu3:ta", "nyu3:ta+head", "nyu3:nope+repr", "nyu3:ta+repr:rank=0",
-                                  "nyu3:ta+repr:width=3"])
+@pytest.mark.parametrize("spec", ["nyu3", "nyu3:ta", "nyu3:ta+bn", "nyu3:nope+repr", "nyu3:ta+repr:rank=0",
+                                  "nyu3:ta+repr:width=3", "nyu3:ta+head:rank=2", "nyu3:ta+head:cached=2"])
 def test_bad_realignment_specs_are_refused(spec, capsys):
     with pytest.raises(ValueError, match="bad"):
         shipped.parse_realign(spec)
@@ -139,3 +148,4 @@ def test_bad_realignment_specs_are_refused(spec, capsys):
 
 def test_realignment_specs_parse():
     assert shipped.parse_realign("nyu3:ties+lora:rank=2:steps=50") == ("nyu3", "ties", "lora", {"rank": 2, "steps": 50})
+    assert shipped.parse_realign("nyu3:ta+head:steps=25:cached=0") == ("nyu3", "ta", "head", {"steps": 25, "cached": False})
