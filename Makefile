@@ -113,4 +113,4 @@ gpu-wheels:     # wheels/ for the GPU machine (papermill, nbval, ipykernel, ...)
 # The shipped cpu models (data/models-cpu/, manifest data/models-cpu.json): experts of nyu3 and taskonomy5 and
 # their MTL models, trained to the profile's plateau budget; the course loads them when the keys match
 experts: venv
-	$(PY) -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --mtl
+	$(PY) -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --mtl --mtl-sets nyu3 --realign course

@@ -28,7 +28,7 @@ from typing import Sequence
 from . import paths
 from .atomic import atomic_write, copy_tree
 
-__all__ = ["manifest_path", "ship", "parse_realign", "main"]
+__all__ = ["manifest_path", "ship", "parse_realign", "COURSE_REALIGN", "main"]
 
 
 def manifest_path(profile_name: str, data_dir: str | Path | None = None) -> Path:
@@ -37,6 +37,14 @@ def manifest_path(profile_name: str, data_dir: str | Path | None = None) -> Path
 
 
 REALIGN_OPTIONS = {"head": ("steps", "cached"), "repr": ("rank", "steps"), "lora": ("rank", "steps")}
+
+# the realignments the course's notebooks compute with their default parameters (``--realign course``):
+# 05 head realignment (its budget of steps, the cached / uncached comparison at an eighth of the steps and the
+# step curve at a quarter and a half), 06 block adapters (step curve, rank 2) and LoRA, 07's table, 08's set
+COURSE_REALIGN = ("nyu3:ta+head", "nyu3:ta+head:steps=25", "nyu3:ta+head:steps=25:cached=0", "nyu3:ta+head:steps=50",
+                  "nyu3:ta+head:steps=100", "nyu3:ties+head", "nyu3:zeroshot+head", "nyu3:ties_k1+head",
+                  "nyu3:ta+repr", "nyu3:ta+repr:steps=50", "nyu3:ta+repr:steps=100", "nyu3:ta+repr:rank=2",
+                  "nyu3:ta+lora", "nyu3:ties+repr", "nyu3:ties+lora", "taskonomy5:ta+head", "taskonomy5:ta+repr")
 
 
 def parse_realign(spec: str) -> tuple[str, str, str, dict]:
@@ -158,11 +166,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "(default: every set of --sets)")
     ap.add_argument("--realign", nargs="+", default=[], metavar="SET:METHOD+FIX[:OPTION=VALUE...]",
                     help="realignments (FIX head, repr or lora) to ship too, on the merge as the results table "
-                         "makes it (e.g. nyu3:ta+head nyu3:ta+repr nyu3:ta+lora:rank=2 nyu3:ta+head:steps=50:cached=0)")
+                         "makes it (e.g. nyu3:ta+head nyu3:ta+repr nyu3:ta+lora:rank=2 nyu3:ta+head:steps=50:cached=0); "
+                         "'course': those the course's notebooks compute with their default parameters")
     ap.add_argument("--run-dir", default=None, help="where the models are trained (or found); "
                     "default: runs/ship-<profile>-<seed>")
     ap.add_argument("--data-dir", default=None, help="default: the repository's data/")
     args = ap.parse_args(argv)
+    args.realign = [x for spec in args.realign for x in (COURSE_REALIGN if spec == "course" else (spec,))]
     for spec in args.realign:
         try:
             parse_realign(spec)

@@ -149,3 +149,9 @@ def test_bad_realignment_specs_are_refused(spec, capsys):
 def test_realignment_specs_parse():
     assert shipped.parse_realign("nyu3:ties+lora:rank=2:steps=50") == ("nyu3", "ties", "lora", {"rank": 2, "steps": 50})
     assert shipped.parse_realign("nyu3:ta+head:steps=25:cached=0") == ("nyu3", "ta", "head", {"steps": 25, "cached": False})
+
+
+def test_the_course_realignments_parse():
+    parsed = [shipped.parse_realign(spec) for spec in shipped.COURSE_REALIGN]
+    assert {p[0] for p in parsed} == {"nyu3", "taskonomy5"} and {p[2] for p in parsed} == {"head", "repr", "lora"}
+    assert len(set(shipped.COURSE_REALIGN)) == len(shipped.COURSE_REALIGN)
