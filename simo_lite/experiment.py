@@ -273,11 +273,12 @@ class Experiment:
 
         A one-alpha sweep (a point of :meth:`select_alpha`'s grid extension) is named apart,
         ``<tasks>-<method>_alpha<alpha, "." as "p">`` (``seg+depth-ta_alpha1p1``), so it is not taken for a
-        changed version of the grid's sweep."""
+        changed version of the grid's sweep. The profile enters without its realignment fields (a sweep
+        evaluates merges, it never realigns), so a new realignment budget reuses the sweeps."""
         tasks = get_tasks(tasks) if tasks is not None else self.tasks
         kw.setdefault("ties_k", self.ties_k)
         cfg = {"method": method, "tasks": list(tasks), "grid": [float(a) for a in grid], "kw": kw,
-               "seed": self.seed, "profile": self.profile.to_dict(), "version": ALPHA_VERSION}
+               "seed": self.seed, "profile": self.profile.training_dict(), "version": ALPHA_VERSION}
         name = f"{'+'.join(tasks)}-{method}" + (f"_alpha{float(grid[0]):g}".replace(".", "p") if len(grid) == 1 else "")
         return st.Artifact("alpha", name, cfg, self._upstream(tasks))
 

@@ -89,3 +89,13 @@ def test_each_fix_has_its_own_step_budget_defaulting_to_realign_steps():
     q = profiles.get("cpu", head_realign_steps=1600, repr_realign_steps=200)
     assert (q.head_steps, q.repr_steps) == (1600, 200)
     assert q.training_dict() == p.training_dict()            # a realignment budget never retrains the experts
+
+
+def test_a_realignment_budget_reuses_the_alpha_sweeps_but_not_the_rows(tmp_path):
+    from simo_lite.experiment import Experiment
+    a = Experiment(profiles.get("smoke"), "depth,normals", 0, "cpu", tmp_path / "a")
+    b = Experiment(profiles.get("smoke", head_realign_steps=9), "depth,normals", 0, "cpu", tmp_path / "b")
+    assert a.alpha_artifact("ta").key == b.alpha_artifact("ta").key
+    assert a.row_artifact("ta+head").key != b.row_artifact("ta+head").key
+    c = Experiment(profiles.get("smoke", n_val=40), "depth,normals", 0, "cpu", tmp_path / "c")
+    assert c.alpha_artifact("ta").key != a.alpha_artifact("ta").key
