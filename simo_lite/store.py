@@ -88,6 +88,10 @@ class ArtifactError(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 # hashing
 # ------------------------------------------------------------------------------------------------
+# artifact kinds stored under one name with many keys at once (the realignments of every merge, every budget)
+MANY_PER_NAME = frozenset({"realign"})
+
+
 def config_hash(config: Any) -> str:
     """Stable 12-hex-digit hash of a JSON-serialisable config (key order does not matter)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -369,9 +373,13 @@ class Store:
             return str(path)
 
     def miss(self, art: Artifact, reason: str, level: int | None = None) -> None:
-        """Log one line: which artifact is recomputed and why."""
+        """Log one line: which artifact is recomputed and why: INFO when it was never made, WARNING when a
+        stored one of the same name has another key or is damaged; a kind of :data:`MANY_PER_NAME` (several
+        keys of one name live side by side, e.g. the realignments of several merges) logs a key change at
+        INFO too."""
         if level is None:
-            level = logging.INFO if reason == "not found" else logging.WARNING
+            level = (logging.INFO if reason == "not found" or (art.kind in MANY_PER_NAME and "key changed" in reason)
+                     else logging.WARNING)
         log.log(level, "recomputing %s %s: %s", art.kind, art.name, reason)
 
     def why_missing(self, art: Artifact, path: Path) -> str:

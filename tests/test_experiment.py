@@ -106,7 +106,7 @@ def test_head_realigned_is_the_direct_call_on_the_first_val_images(exp):
     model = exp.with_heads(exp.merge("ta", 0.5))
     ref, ref_record = exp.head_realigned(model)
     val_n = {k: v[:n] for k, v in exp.data["val"].items()}
-    new, record = realign.head_realign(model, val_n, exp.tasks, steps=p.realign_steps, lr=p.lr_head_realign,
+    new, record = realign.head_realign(model, val_n, exp.tasks, steps=p.head_steps, lr=p.lr_head_realign,
                                        batch_size=p.batch_size, seed=exp.seed, device=exp.device)
     assert (record.steps, record.samples) == (ref_record.steps, ref_record.samples)
     for (k, a), b in zip(new.state_dict().items(), ref.state_dict().values()):

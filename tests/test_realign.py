@@ -362,3 +362,22 @@ def test_head_realign_cache(base_model, val, tmp_path, monkeypatch):
     monkeypatch.undo()
     realign.head_realign(base_model, val, **{**kw, "cached": False})
     assert len(list(tmp_path.glob("head-*.safetensors"))) == 2
+
+
+def test_realignments_of_other_settings_are_no_warning(base_model, val, tmp_path, caplog):
+    """Realignments of several merges and budgets live side by side under one name: a new one is logged
+    at INFO (why it is computed), never as a warning; a damaged file still warns."""
+    import logging
+    kw = dict(tasks=TASKS, batch_size=BATCH, seed=0, cache_dir=tmp_path)
+    realign.head_realign(base_model, val, steps=STEPS, **kw)
+    with caplog.at_level(logging.INFO, logger="simo_lite.store"):
+        realign.head_realign(base_model, val, steps=STEPS + 1, **kw)
+    assert "recomputing realign head: key changed" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    caplog.clear()
+    (path,) = [p for p in tmp_path.glob("head-*.safetensors") if p.stat().st_mtime_ns == max(
+        q.stat().st_mtime_ns for q in tmp_path.glob("head-*.safetensors"))]
+    path.write_bytes(b"damaged")
+    with caplog.at_level(logging.INFO, logger="simo_lite.store"):
+        realign.head_realign(base_model, val, steps=STEPS + 1, **kw)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING and "corrupt" in r.getMessage()]
