@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .registry import Registry
 
@@ -118,7 +118,7 @@ def _adapter_settings(exp: "Experiment", kind: str, rank: int | None, steps: int
                 batch_size=p.batch_size, seed=exp.seed)
 
 
-def realign_path(exp: "Experiment", model: "SimoModel", fix: str, **options) -> Path:
+def realign_path(exp: "Experiment", model: "SimoModel", fix: str, **options: Any) -> Path:
     """Where the fix ``fix`` ("head", "repr" or "lora") with ``options`` (as :meth:`Experiment.fix` takes
     them) stores its result for ``model`` in the experiment's run directory
     (``realign/<name>-<key>.safetensors``, beside its ``.json`` record)."""
