@@ -96,7 +96,7 @@ clean-runs:
 # -- benchmarks and the generated results document (files under benchmarks/) --
 .PHONY: bench results-doc test-gpu gpu-wheels
 BENCH_ARGS ?=
-RESULTS_RUN_DIR ?= runs/cpu-0
+RESULTS_RUN_DIR ?= runs/evidence/cpu-0
 
 bench: venv     # every measured figure: Markdown tables on stdout, all in runs/bench/bench.json
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)

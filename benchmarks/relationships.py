@@ -65,8 +65,9 @@ def markdown(result: dict, paper_path: str | Path = PAPER_TABLES) -> str:
     paper = (load_json(Path(paper_path)) or {}).get("figures", {}).get("figure1")
     parts = []
     for s, res in result["sets"].items():
+        res = {**res, "fig1": {int(k): v for k, v in res["fig1"].items()}}     # JSON keys are strings
         means = fig1_means(res)
-        n = {int(k): len(v) for k, v in res["fig1"].items()}
+        n = {k: len(v) for k, v in res["fig1"].items()}
         ref = dict(zip(paper["k"], paper["mean"])) if paper else {}
         rows = [[k, n[k], f"{means[k]:.3f}", f"{min(x['mean'] for x in res['fig1'][k]):.3f}–"
                  f"{max(x['mean'] for x in res['fig1'][k]):.3f}", f"{ref[k]:.2f}" if k in ref else "–"]

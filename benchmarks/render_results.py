@@ -618,7 +618,9 @@ def relationships_md(path: str | Path, paper_path: str | Path) -> list[str]:
     r = load_json(path)
     if not isinstance(r, dict) or not r.get("sets"):
         return out + [f"{NOT_RUN}: `{path}` (python -m benchmarks.relationships).", ""]
-    return out + [relationships.markdown(r, paper_path), ""]
+    image = Path(path).parent / "images" / Path(path).with_suffix(".png").name       # docs/images/<name>.png
+    shown = [f"![Fig. 1 and the λ sweeps](images/{image.name})", ""] if image.is_file() else []
+    return out + [relationships.markdown(r, paper_path), ""] + shown
 
 
 def render(run_dirs: list[tuple[str, str]], bench_path: str, paper_path: str, argv_text: str,

@@ -389,3 +389,20 @@ def test_write_section_writes_json_markdown_and_figure(tmp_path):
     assert (tmp_path / "sub" / "sec.png").read_bytes()[:4] == b"\x89PNG" and not plt.get_fignums()
     common.write_section(tmp_path / "plain", {"x": []}, lambda r: "none\n")
     assert not (tmp_path / "plain.png").exists() and (tmp_path / "plain.json").exists()
+
+
+def test_relationships_markdown_reads_its_own_json_back():
+    """The Fig. 1 / λ section renders the in-memory result and the same result read back from JSON
+    (whose keys are strings): identical text."""
+    import json
+
+    from benchmarks import relationships
+    res = {"sets": {"s": {"tasks": ["seg", "depth"],
+                          "fig1": {1: [{"tasks": ["seg"], "mean": 1.0}, {"tasks": ["depth"], "mean": 1.0}],
+                                   2: [{"tasks": ["seg", "depth"], "mean": 0.6}]},
+                          "lambda": {"seg": {0.0: {"seg": 0.5, "depth": 0.7}, 1.0: {"seg": 1.0, "depth": 0.6}},
+                                     "depth": {0.0: {"seg": 0.5, "depth": 0.4}, 1.0: {"seg": 0.55, "depth": 1.0}}}}}}
+    text = relationships.markdown(res)
+    assert text == relationships.markdown(json.loads(json.dumps(res)))
+    assert "| 2 | 1 | 0.600 | 0.600–0.600 | 0.39 |" in text
+    assert "Adding τ_depth and scoring seg: 0.500 at λ = 0, best 0.550 at λ = 1.0 (+0.050; one seed)." in text
