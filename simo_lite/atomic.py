@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "write_text", "write_json", "copy_tree"]
+__all__ = ["atomic_write", "write_text", "write_json", "copy_file", "copy_tree"]
 
 
 def _umask() -> int:
@@ -60,6 +60,13 @@ def write_json(path: str | os.PathLike, obj: Any, **dumps_kw: Any) -> Path:
     unless ``dumps_kw`` says otherwise), with a final newline."""
     kw = {"indent": 1, "default": float, **dumps_kw}
     return write_text(path, json.dumps(obj, **kw) + "\n")
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy the file ``src`` to ``dst`` atomically (:func:`atomic_write`): a reader sees the old ``dst``
+    or the whole copy."""
+    import shutil
+    return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def copy_tree(src: str | os.PathLike, dst: str | os.PathLike, ignore: Callable | None = None) -> Path:

@@ -440,17 +440,22 @@ class Experiment:
             up[f"merge-{spec.method}"] = self.merge_artifact(spec.method).key
         return st.Artifact("row", f"{'+'.join(self.tasks)}-{spec.id}", cfg, up)
 
+    def row_merge(self, method: str) -> tuple[SimoModel, dict]:
+        """The merged model a table row of merge method ``method`` starts from, with the experts' heads: at
+        the alpha chosen on validation (extra fields ``{"alpha", "val_scores"}``), or, for a method that
+        takes no alpha, merged once at 1.0 (no extra fields)."""
+        if merging.MERGE_METHODS[method].uses_alpha:
+            model, alpha, scores = self.merged_model(method)
+            return model, {"alpha": alpha, "val_scores": scores}
+        return self.with_heads(self.merge(method, 1.0)), {}
+
     def _compute_row(self, spec: RowSpec) -> tuple[dict, RunRecord, dict]:
         """(test metrics, cost, extra fields) of a row: a baseline's own computation, or the merge (at the
         alpha chosen on validation; a method that takes no alpha once, at 1.0) then the fix, if any."""
         if spec.method in BASELINES:
             metrics, cost, extra = BASELINES[spec.method].compute(self)
             return metrics, cost or RunRecord(name=spec.id), extra
-        if merging.MERGE_METHODS[spec.method].uses_alpha:
-            model, alpha, scores = self.merged_model(spec.method)
-            extra = {"alpha": alpha, "val_scores": scores}
-        else:
-            model, extra = self.with_heads(self.merge(spec.method, 1.0)), {}
+        model, extra = self.row_merge(spec.method)
         cost = RunRecord(name=spec.id)
         if spec.fix is not None:
             model, cost = self.fix(spec.fix, model)

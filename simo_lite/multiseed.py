@@ -73,7 +73,7 @@ def run_seed(prof: Profile, task_sets: Sequence[str], seed: int, device: str | t
             t0 = time.perf_counter()
             exp = Experiment(prof, tasks, seed, device, run_dir, progress=progress)
             training = exp.training_table()
-            table = exp.results_table(*([rows] if rows else []))
+            table = exp.results_table(rows) if rows else exp.results_table()
             print(exp.to_markdown(table))
             print(f"{tasks}: {time.perf_counter() - t0:.0f} s; tables in {run_dir / 'results'}\n")
             tables.append({"tasks": tasks, "table": table, "metric_names": metric_names(training)})

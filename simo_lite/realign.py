@@ -20,8 +20,6 @@ BatchNorm re-estimation (a mechanism baseline, no training)
 from __future__ import annotations
 
 import copy
-import logging
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoints as ckpt
-from .atomic import atomic_write
+from .atomic import copy_file
 from . import store as st
 from .models import SimoModel, count_parameters
 from .tasks import get_tasks
@@ -69,8 +67,7 @@ def head_realign(model: SimoModel, val: dict, tasks: Tasks | None = None, steps:
     model = copy.deepcopy(model).to(device)
     if path is not None:
         set_trainable(model, False)                                         # the file holds the heads' tensors
-        loaded = _load_shipped(store, path, art, model, Path(shipped_dir)) if shipped_dir is not None else None
-        loaded = loaded or _load_cached(store, path, art, model)
+        loaded = _load_stored(store, path, art, model, shipped_dir)
         if loaded is not None:
             return loaded
     record = RunRecord(name="head-realign" + ("" if cached else "-uncached"))
@@ -88,8 +85,7 @@ def head_realign(model: SimoModel, val: dict, tasks: Tasks | None = None, steps:
         record.add(r)
     record.trainable_params = sum(count_parameters(model.heads[t]) for t in tasks)
     if path is not None:
-        store.write_json(path.with_suffix(".json"), {"record": record.to_dict()}, art)
-        store.save_tensors(path, {k: v.detach().cpu().contiguous() for k, v in _trained_state(model).items()}, art)
+        _store_result(store, path, art, model, record)
     return model, record
 
 
@@ -242,8 +238,7 @@ def representation_realign(model: SimoModel, val: dict, tasks: Tasks | None = No
     for t in tasks:
         set_trainable(model.heads[t], True)
     if path is not None:
-        loaded = (_load_shipped(store, path, art, model, Path(shipped_dir)) if shipped_dir is not None else None)
-        loaded = loaded or _load_cached(store, path, art, model)
+        loaded = _load_stored(store, path, art, model, shipped_dir)
         if loaded is not None:
             return loaded
     r = fit(model, {"image": val["image"], **{t: val[t] for t in tasks}}, tasks, steps, lr, batch_size, seed=seed,
@@ -251,9 +246,7 @@ def representation_realign(model: SimoModel, val: dict, tasks: Tasks | None = No
             name=f"repr-realign-{kind}")
     r.name = f"repr-realign-{kind}"
     if path is not None:
-        state = {k: v.detach().cpu().contiguous() for k, v in _trained_state(model).items()}
-        store.write_json(path.with_suffix(".json"), {"record": r.to_dict()}, art)   # cost, incl. wall-clock
-        store.save_tensors(path, state, art)                                          # written last
+        _store_result(store, path, art, model, r)
     return model, r
 
 
@@ -282,15 +275,33 @@ def _load_cached(store: st.Store, path: Path, art: st.Artifact, model: SimoModel
     return model.eval(), record
 
 
+def _store_result(store: st.Store, path: Path, art: st.Artifact, model: SimoModel, record: RunRecord) -> None:
+    """Write a realignment's record (cost, wall-clock included), then what it trained (the tensors last)."""
+    store.write_json(path.with_suffix(".json"), {"record": record.to_dict()}, art)
+    store.save_tensors(path, {k: v.detach().cpu().contiguous() for k, v in _trained_state(model).items()}, art)
+
+
+def _load_stored(store: st.Store, path: Path, art: st.Artifact, model: SimoModel,
+                 shipped_dir: str | Path | None) -> tuple[SimoModel, RunRecord] | None:
+    """A stored realignment of ``art`` loaded into ``model``: the shipped one (copied into the run) when the
+    run has none yet, else the run's own; None (a logged miss) when neither is usable."""
+    loaded = _load_shipped(store, path, art, model, Path(shipped_dir)) if shipped_dir is not None else None
+    return loaded or _load_cached(store, path, art, model)
+
+
+def _upstream(model: SimoModel, val: dict, tasks: Tasks) -> dict[str, str]:
+    """A realignment's upstream keys: the starting model's content fingerprint and the split's key."""
+    return {"merged-model": ckpt.state_fingerprint(model.state_dict()),
+            "data-val": st.data_key({k: val[k] for k in ("image", *tasks)})}
+
+
 def head_artifact(model: SimoModel, val: dict, tasks: Tasks, *, steps: int, lr: float, batch_size: int, seed: int,
                   cached: bool = True) -> st.Artifact:
     """The store artifact of :func:`head_realign` with these arguments (``head``): its key chains the
     starting model's content fingerprint, the split's key and every setting."""
     tasks = get_tasks(tasks)
     return st.Artifact("realign", "head", {"tasks": list(tasks), "steps": steps, "lr": lr, "batch_size": batch_size,
-                                           "seed": seed, "cached": cached, "version": 1},
-                       {"merged-model": ckpt.state_fingerprint(model.state_dict()),
-                        "data-val": st.data_key({k: val[k] for k in ("image", *tasks)})})
+                                           "seed": seed, "cached": cached, "version": 1}, _upstream(model, val, tasks))
 
 
 def adapter_artifact(model: SimoModel, val: dict, tasks: Tasks, *, rank: int, kind: str, steps: int, lr: float,
@@ -300,14 +311,12 @@ def adapter_artifact(model: SimoModel, val: dict, tasks: Tasks, *, rank: int, ki
     tasks = get_tasks(tasks)
     return st.Artifact("realign", f"repr-{kind}-r{rank}",
                        {"tasks": list(tasks), "rank": rank, "kind": kind, "steps": steps, "lr": lr,
-                        "batch_size": batch_size, "seed": seed, "version": 3},
-                       {"merged-model": ckpt.state_fingerprint(model.state_dict()),
-                        "data-val": st.data_key({k: val[k] for k in ("image", *tasks)})})
+                        "batch_size": batch_size, "seed": seed, "version": 3}, _upstream(model, val, tasks))
 
 
 def _trained_state(model: SimoModel) -> dict[str, torch.Tensor]:
-    """What representation realignment changes in ``model``: every tensor of the heads (parameters and
-    BatchNorm statistics) and the encoder's trainable (adapter) parameters, by state-dict name."""
+    """What a realignment changes in ``model``: every tensor of the heads (parameters and BatchNorm
+    statistics) and the encoder's trainable (adapter) parameters, by state-dict name."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     return {k: v for k, v in model.state_dict().items() if k.startswith("heads.") or k in trainable}
 
@@ -322,7 +331,6 @@ def _load_shipped(store: st.Store, path: Path, art: st.Artifact, model: SimoMode
     if loaded is None:
         return None
     for name in (path.with_suffix(".json"), path):
-        atomic_write(name, lambda tmp, f=shipped_dir / name.name: shutil.copyfile(f, tmp))
-    logging.getLogger("simo_lite.store").info("loaded the shipped realign %s (%s), copied into the run",
-                                              art.name, shipped_dir.parent.name)
+        copy_file(shipped_dir / name.name, name)
+    st.log.info("loaded the shipped realign %s (%s), copied into the run", art.name, shipped_dir.parent.name)
     return loaded

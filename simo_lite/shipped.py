@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import paths
-from .atomic import atomic_write, copy_tree
+from .atomic import copy_file, copy_tree
 
 __all__ = ["manifest_path", "ship", "parse_realign", "COURSE_REALIGN", "main"]
 
@@ -77,19 +77,15 @@ def _ship_realign(profile, specs: Sequence[str], seed: int, run_dir: Path, out: 
     from .checkpoints import sha256_file
     from .experiment import Experiment
     from .fixes import realign_path
-    from .merging import MERGE_METHODS
     entries, parsed = {}, [(spec, *parse_realign(spec)) for spec in specs]      # every spec checked first
     for spec, tasks, method, fix, options in parsed:
         exp = Experiment(profile, tasks, seed, "cpu", run_dir)
-        model = (exp.merged_model(method)[0] if MERGE_METHODS[method].uses_alpha       # as the table's row
-                 else exp.with_heads(exp.merge(method, 1.0)))
+        model = exp.row_merge(method)[0]                                          # as the table's row
         _, record = exp.fix(fix, model, **options)
         src = realign_path(exp, model, fix, **options)
         files = {}
         for f in (src.with_suffix(".json"), src):           # the tensors last: a reader sees a record first
-            dst = out / f.name
-            atomic_write(dst, lambda tmp, f=f: shutil.copyfile(f, tmp))
-            files[f.name] = sha256_file(dst)
+            files[f.name] = sha256_file(copy_file(f, out / f.name))
         entries[spec] = {"files": files, "steps": record.steps, "trainable_params": record.trainable_params,
                          "wall_s": record.wall_s}
     return entries
@@ -103,7 +99,7 @@ def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5")
     model of each set (one per fine-tuning budget factor in ``mtl_factors``: 1, and 4 for the "MTL 4x"
     row; ``mtl_sets``: the sets whose MTL models ship, default all of ``sets``); copy each into
     ``data/models-<profile>/`` (atomically, replacing an older copy of the same key); with ``realign``
-    (specs of :func:`parse_realign`), the representation realignments too, into its ``realign/`` folder;
+    (specs of :func:`parse_realign`), those realignments (heads or adapters) too, into its ``realign/`` folder;
     write the manifest. Returns the manifest. Folders and realignment files of other keys are removed."""
     from . import profiles, training
     from .checkpoints import sha256_file

@@ -501,8 +501,9 @@ def shipped_model_dir(art: st.Artifact, profile: Profile) -> Path:
 
 
 def shipped_realign_dir(profile: Profile) -> Path:
-    """``data/models-<profile>/realign``: the shipped representation realignments of a profile
-    (:func:`simo_lite.realign.representation_realign`'s ``shipped_dir``; each matches one key only)."""
+    """``data/models-<profile>/realign``: the shipped realignments of a profile, heads and adapters (the
+    ``shipped_dir`` of :func:`simo_lite.realign.head_realign` and ``representation_realign``; each matches
+    one key only)."""
     return SHIPPED_DIR / f"models-{profile.name}" / "realign"
 
 

@@ -155,3 +155,13 @@ def test_the_course_realignments_parse():
     parsed = [shipped.parse_realign(spec) for spec in shipped.COURSE_REALIGN]
     assert {p[0] for p in parsed} == {"nyu3", "taskonomy5"} and {p[2] for p in parsed} == {"head", "repr", "lora"}
     assert len(set(shipped.COURSE_REALIGN)) == len(shipped.COURSE_REALIGN)
+
+
+def test_copy_file_replaces_a_file_whole(tmp_path):
+    from simo_lite.atomic import copy_file
+    (tmp_path / "src.bin").write_bytes(b"new")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "dst.bin").write_bytes(b"old, longer")
+    assert copy_file(tmp_path / "src.bin", tmp_path / "out" / "dst.bin") == tmp_path / "out" / "dst.bin"
+    assert (tmp_path / "out" / "dst.bin").read_bytes() == b"new"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dst.bin"]        # no temporary left
