@@ -9,11 +9,11 @@ test metrics, the validation-loss tail). :func:`simo_lite.training.train_expert`
 load a shipped model when its key matches the run's (same recipe, profile, seed, data and foundation)
 and copy it into the run directory; any other configuration trains as before.
 
-The representation realignments the course trains (adapters + heads, a few hundred kB each) ship the
+The realignments the course trains (heads, or adapters + heads: 0.1–1.1 MB each in the cpu profile) ship the
 same way in ``data/models-<profile>/realign/`` (``--realign SET:METHOD+FIX[:OPTION=VALUE...]``, FIX head,
 repr or lora), loaded by :mod:`simo_lite.realign` when their key matches.
 
-    python -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --mtl     # make experts
+    python -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --mtl --mtl-sets nyu3 --realign course  # make experts
 """
 from __future__ import annotations
 
