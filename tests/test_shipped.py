@@ -165,3 +165,26 @@ def test_copy_file_replaces_a_file_whole(tmp_path):
     assert copy_file(tmp_path / "src.bin", tmp_path / "out" / "dst.bin") == tmp_path / "out" / "dst.bin"
     assert (tmp_path / "out" / "dst.bin").read_bytes() == b"new"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dst.bin"]        # no temporary left
+
+
+def test_a_damaged_shipped_realignment_is_not_used(shipped_dir, tmp_path, monkeypatch, caplog):
+    """A shipped realignment whose tensors are damaged is a logged miss: the run trains its own and does
+    not copy the damaged file."""
+    import shutil
+
+    from simo_lite import realign
+    data_dir, m = shipped_dir
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    name = next(n for n in m["realign"]["depth,normals:ta+repr"]["files"] if n.endswith(".safetensors"))
+    (copy / "models-smoke" / "realign" / name).write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(training, "SHIPPED_DIR", copy)
+    calls = []
+    real_fit = realign.fit
+    monkeypatch.setattr(realign, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    exp = Experiment(profiles.get("smoke"), ("depth", "normals"), 0, "cpu", tmp_path / "run")
+    with caplog.at_level("INFO", logger="simo_lite.store"):
+        _, record = exp.fix("repr", exp.row_merge("ta")[0])
+    assert calls == [1] and record.steps == profiles.get("smoke").realign_steps
+    assert "corrupt" in caplog.text and "loaded the shipped realign" not in caplog.text
+    assert (tmp_path / "run" / "realign" / name).read_bytes() != b"not a checkpoint"
