@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PROFILE ?= cpu
 
 
-.PHONY: foundation-invariant decodability experts
+.PHONY: foundation-invariant decodability experts evidence-models
 .PHONY: course test venv check-env bench-scenes foundation clean-runs student lab kernel ui-deps test-ui \
         assignment grade
 
@@ -114,3 +114,11 @@ gpu-wheels:     # wheels/ for the GPU machine (papermill, nbval, ipykernel, ...)
 # their MTL models, trained to the profile's plateau budget; the course loads them when the keys match
 experts: venv
 	$(PY) -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --mtl --mtl-sets nyu3 --realign course
+
+# the multi-seed evidence's models beside the course's: seeds 1 and 2 (experts and MTL of both sets) and
+# seed 0's taskonomy5 MTL, into data/evidence/seed-<s>/ (found by key like data/models-cpu/); hours on 2 cores
+evidence-models: venv
+	for s in 1 2; do OMP_NUM_THREADS=1 $(PY) -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --seed $$s \
+	  --mtl --data-dir data/evidence/seed-$$s --run-dir runs/evidence/cpu-$$s; done
+	OMP_NUM_THREADS=1 $(PY) -m simo_lite.shipped --profile cpu --sets taskonomy5 --seed 0 --mtl --no-experts \
+	  --data-dir data/evidence/seed-0 --run-dir runs/evidence/cpu-0

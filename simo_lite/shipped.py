@@ -14,6 +14,9 @@ same way in ``data/models-<profile>/realign/`` (``--realign SET:METHOD+FIX[:OPTI
 repr or lora), loaded by :mod:`simo_lite.realign` when their key matches.
 
     python -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --mtl --mtl-sets nyu3 --realign course  # make experts
+
+The multi-seed evidence's other models (seeds 1 and 2, and seed 0's MTL models the course does not use) ship
+apart, in ``data/evidence/seed-<s>/`` (``make evidence-models``; found by key like the course's).
 """
 from __future__ import annotations
 
@@ -94,13 +97,14 @@ def _ship_realign(profile, specs: Sequence[str], seed: int, run_dir: Path, out: 
 def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5"), seed: int = 0,
          mtl: bool = True, run_dir: str | Path | None = None, data_dir: str | Path | None = None,
          command: str = "", mtl_factors: Sequence[int] = (1,), mtl_sets: Sequence[str] | None = None,
-         realign: Sequence[str] = (), **overrides: object) -> dict:
+         realign: Sequence[str] = (), experts: bool = True, **overrides: object) -> dict:
     """Train (or load from ``run_dir``) the experts of every task in ``sets`` and, with ``mtl``, the MTL
     model of each set (one per fine-tuning budget factor in ``mtl_factors``: 1, and 4 for the "MTL 4x"
     row; ``mtl_sets``: the sets whose MTL models ship, default all of ``sets``); copy each into
     ``data/models-<profile>/`` (atomically, replacing an older copy of the same key); with ``realign``
     (specs of :func:`parse_realign`), those realignments (heads or adapters) too, into its ``realign/`` folder;
-    write the manifest. Returns the manifest. Folders and realignment files of other keys are removed."""
+    write the manifest. ``experts=False``: ship the MTL models only (e.g. a set whose experts ship
+    elsewhere). Returns the manifest. Folders and realignment files of other keys are removed."""
     from . import profiles, training
     from .checkpoints import sha256_file
     from .experiment import Experiment
@@ -114,7 +118,7 @@ def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5")
     out_root.mkdir(parents=True, exist_ok=True)
     tasks = tuple(dict.fromkeys(t for s in sets for t in get_tasks(s)))
     exp = Experiment(profile, tasks, seed, "cpu", run_dir)
-    jobs = [(exp.expert_artifact(t), lambda t=t: exp.expert(t)) for t in tasks]
+    jobs = [(exp.expert_artifact(t), lambda t=t: exp.expert(t)) for t in tasks] if experts else []
     if mtl:
         for s in (sets if mtl_sets is None else mtl_sets):
             e = Experiment(profile, s, seed, "cpu", run_dir)
@@ -156,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--sets", nargs="+", default=["nyu3", "taskonomy5"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mtl", action="store_true", help="ship the MTL model of each set too")
+    ap.add_argument("--no-experts", action="store_true", help="ship only the MTL models (with --mtl)")
     ap.add_argument("--mtl-factors", type=int, nargs="+", default=[1],
                     help="MTL fine-tuning budgets as multiples of the profile's (default: 1; 1 4 adds the MTL 4x row)")
     ap.add_argument("--mtl-sets", nargs="+", default=None, help="with --mtl: the sets whose MTL models ship "
@@ -176,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             ap.error(str(e))
     command = "python -m simo_lite.shipped " + " ".join(argv if argv is not None else sys.argv[1:])
     m = ship(args.profile, args.sets, args.seed, args.mtl, args.run_dir, args.data_dir, command=command,
-             mtl_factors=args.mtl_factors, mtl_sets=args.mtl_sets, realign=args.realign)
+             mtl_factors=args.mtl_factors, mtl_sets=args.mtl_sets, realign=args.realign,
+             experts=not args.no_experts)
     for info in m["models"].values():
         print(f"{info['name']}: {info['folder']} ({info['steps']} steps, {info['wall_s']:.0f} s, "
               f"val-loss tail {100 * info['val_tail']:+.2f} %)")

@@ -496,8 +496,17 @@ def _load_model(folder: Path, art: st.Artifact, profile: Profile, tasks: Tasks, 
 def shipped_model_dir(art: st.Artifact, profile: Profile) -> Path:
     """``data/models-<profile>/<name>-<key>``: where the shipped checkpoint of ``art`` lies, if one is
     shipped (``python -m simo_lite.shipped``, ``make experts``). It matches only with the same key: the
-    same recipe, profile, seed, data and foundation."""
-    return SHIPPED_DIR / f"models-{profile.name}" / f"{art.name}-{art.key}"
+    same recipe, profile, seed, data and foundation.
+
+    The other seeds of the multi-seed evidence ship apart from the course's models, in
+    ``data/evidence/seed-<s>/models-<profile>/`` (``make evidence-models``); the first folder of the key
+    found there is returned when the course's folder has none."""
+    name = f"{art.name}-{art.key}"
+    main = SHIPPED_DIR / f"models-{profile.name}" / name
+    if main.is_dir():
+        return main
+    others = sorted((SHIPPED_DIR / "evidence").glob(f"*/models-{profile.name}/{name}"))
+    return others[0] if others else main
 
 
 def shipped_realign_dir(profile: Profile) -> Path:

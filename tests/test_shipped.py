@@ -72,6 +72,31 @@ def test_another_seed_trains(shipped_dir, tmp_path, monkeypatch):
     assert calls, "seed 1 has no shipped model, so it must train"
 
 
+def test_an_evidence_seed_ships_apart_and_loads_by_key(tmp_path, monkeypatch):
+    """The multi-seed evidence's seed-1 models ship in data/evidence/seed-1/ (ship(data_dir=...)): a
+    seed-1 run loads them without training; seed 0's folder stays untouched and a seed-2 run trains."""
+    data_dir = tmp_path / "data"
+    m = shipped.ship("smoke", sets=("depth",), seed=1, mtl=False, run_dir=tmp_path / "ship-run",
+                     data_dir=data_dir / "evidence" / "seed-1", command="test")
+    assert not (data_dir / "models-smoke").exists()
+    (info,) = m["models"].values()
+    assert m["seed"] == 1 and info["folder"].startswith("models-smoke/expert-depth-")
+    monkeypatch.setattr(training, "SHIPPED_DIR", data_dir)
+    real_fit, calls = training.fit, []
+    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    _, record = Experiment(profiles.get("smoke"), ("depth",), 1, "cpu", tmp_path / "run1").expert("depth")
+    assert not calls and record.metrics["test"] == info["test"]
+    Experiment(profiles.get("smoke"), ("depth",), 2, "cpu", tmp_path / "run2").expert("depth")
+    assert calls, "seed 2 has no shipped model, so it must train"
+
+
+def test_no_experts_ships_only_the_mtl_models(tmp_path):
+    m = shipped.ship("smoke", sets=("depth,normals",), seed=0, mtl=True, experts=False, run_dir=tmp_path / "run",
+                     data_dir=tmp_path / "data", command="test")
+    assert [i["name"] for i in m["models"].values()] == ["mtl-depth+normals"]
+    assert [p.name.rsplit("-", 1)[0] for p in (tmp_path / "data" / "models-smoke").iterdir()] == ["mtl-depth+normals"]
+
+
 def test_a_damaged_shipped_model_is_not_used(shipped_dir, tmp_path, monkeypatch):
     data_dir, m = shipped_dir
     copy = tmp_path / "data"
