@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PROFILE ?= cpu
 
 
-.PHONY: foundation-invariant decodability experts evidence-models
+.PHONY: foundation-invariant decodability experts evidence-models evidence
 .PHONY: course test venv check-env bench-scenes foundation clean-runs student lab kernel ui-deps test-ui \
         assignment grade
 
@@ -117,6 +117,18 @@ experts: venv
 
 # the multi-seed evidence's models beside the course's: seeds 1 and 2 (experts and MTL of both sets) and
 # seed 0's taskonomy5 MTL, into data/evidence/seed-<s>/ (found by key like data/models-cpu/); hours on 2 cores
+# the 3-seed evidence sweep behind docs/results.md (pre-registered budgets: docs/preregistration.md section 6);
+# finished rows and alpha sweeps are kept in data/evidence/ (benchmarks/evidence_cache.py) so it resumes on
+# another machine; then `make results-doc` renders docs/results.md
+EVIDENCE_ROWS ?= experts mtl zeroshot ta ties tall ta+head ta+repr ta+lora ties+head ties+repr ties+lora \
+                 ta+bn ties+bn zeroshot+head ties_k1 coefficients
+evidence: venv
+	$(PY) benchmarks/evidence_cache.py restore
+	$(PY) -m simo_lite.experiment --profile cpu --tasks nyu3 taskonomy5 --seeds 0 1 2 --workers 2 --threads 1 \
+	  --runs-root runs/evidence --name evidence-cpu --set head_realign_steps=1600 --set repr_realign_steps=200 \
+	  --rows $(EVIDENCE_ROWS); rc=$$?; $(PY) benchmarks/evidence_cache.py save; exit $$rc
+	cp runs/evidence/sweeps/evidence-cpu/results.json docs/evidence-cpu.json
+
 evidence-models: venv
 	for s in 1 2; do OMP_NUM_THREADS=1 $(PY) -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --seed $$s \
 	  --mtl --data-dir data/evidence/seed-$$s --run-dir runs/evidence/cpu-$$s; done

@@ -45,3 +45,22 @@ def test_markdown_lists_every_criterion_and_row():
     for rid in ("R1", "R2", "R3", "R4", "R5"):
         assert f"| {rid} |" in md
     assert "-21.0 ± 1.0 % (n = 3)" in md and "MTL loses more on the diverse set" in md
+
+
+def test_evidence_cache_saves_and_restores_rows_without_overwriting(tmp_path):
+    from benchmarks import evidence_cache as ec
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    (runs / "cpu-1" / "rows").mkdir(parents=True)
+    (runs / "cpu-1" / "rows" / "row-ta-abc.json").write_text('{"row": "ta"}')
+    (runs / "cpu-1" / "rows" / "notes.txt").write_text("not a record")
+    ec.main(["save", "--seeds", "1", "--runs", str(runs), "--data", str(data)])
+    assert [p.name for p in (data / "seed-1" / "rows").iterdir()] == ["row-ta-abc.json"]
+    fresh = tmp_path / "fresh"
+    (fresh / "cpu-1" / "rows").mkdir(parents=True)
+    (fresh / "cpu-1" / "rows" / "row-ta-abc.json").write_text('{"row": "newer"}')
+    (data / "seed-1" / "alphas").mkdir()
+    (data / "seed-1" / "alphas" / "alpha-ta-def.json").write_text("{}")
+    ec.main(["restore", "--seeds", "1", "--runs", str(fresh), "--data", str(data)])
+    assert (fresh / "cpu-1" / "rows" / "row-ta-abc.json").read_text() == '{"row": "newer"}'   # kept
+    assert (fresh / "cpu-1" / "alphas" / "alpha-ta-def.json").is_file()
+    assert not list((fresh / "cpu-1").rglob(".*.tmp"))

@@ -1,0 +1,62 @@
+"""Keep the multi-seed evidence sweep's finished work in the repository, so the sweep resumes elsewhere.
+
+The 3-seed evidence sweep (``make evidence``) takes longer on 2 cores than one sitting has, and its run
+folders (``runs/evidence/cpu-<seed>/``) are not versioned. Its trained models ship in
+``data/evidence/seed-<s>/`` (``make evidence-models``); this script keeps the rest of what the sweep
+finished, the row records (``rows/*.json``) and the alpha sweeps (``alphas/*.json``): small JSON files whose
+names carry the key of everything upstream, so a copied file is used only where the key still matches
+(:meth:`simo_lite.experiment.Experiment.row` recomputes a row of any other key).
+
+    python benchmarks/evidence_cache.py save      # runs/evidence/cpu-<s>/{rows,alphas} -> data/evidence/seed-<s>/
+    python benchmarks/evidence_cache.py restore   # and back, never overwriting a file already in the run
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDERS = ("rows", "alphas")
+
+
+def pairs(seeds, runs: Path, data: Path, profile: str = "cpu"):
+    """``(run folder, repository folder)`` of each seed and kept sub-folder."""
+    for s in seeds:
+        for f in FOLDERS:
+            yield runs / f"{profile}-{s}" / f, data / f"seed-{s}" / f
+
+
+def copy_json(src: Path, dst: Path, overwrite: bool) -> int:
+    """Copy ``src/*.json`` into ``dst`` (atomically per file: temporary name, then rename); the number copied."""
+    if not src.is_dir():
+        return 0
+    n = 0
+    for f in sorted(src.glob("*.json")):
+        target = dst / f.name
+        if target.exists() and not overwrite:
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(f, tmp)
+        tmp.replace(target)
+        n += 1
+    return n
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("action", choices=("save", "restore"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--runs", default=str(REPO / "runs" / "evidence"), help="the sweep's --runs-root")
+    ap.add_argument("--data", default=str(REPO / "data" / "evidence"))
+    args = ap.parse_args(argv)
+    total = 0
+    for run, kept in pairs(args.seeds, Path(args.runs), Path(args.data)):
+        src, dst = (run, kept) if args.action == "save" else (kept, run)
+        total += copy_json(src, dst, overwrite=args.action == "save")
+    print(f"{args.action}: {total} files")
+
+
+if __name__ == "__main__":
+    main()
