@@ -105,7 +105,7 @@ class Experiment:
             data = load_data(self.profile, self.seed, progress=self.progress)
             key = st.data_key(data)                      # train / val / test tensors (before val_realign)
             n = self.realign_samples
-            data["val_realign"] = data["val"] if n is None else {k: v[:n] for k, v in data["val"].items()}
+            data["val_realign"] = data["val"] if n is None else st.first_rows(data["val"], n)
             self._data, self._data_key = data, key
         return self._data
 

@@ -562,7 +562,7 @@ def load_split(split: str, n: int, size: int = 64, seed: int = 0, cache: bool = 
         try:
             data = load_file(path)
             data["autoencoder"] = data["image"]
-            return data
+            return _by_recipe(data, key)
         except Exception:  # corrupt cache: render again
             path.unlink(missing_ok=True)
     data = make_scenes(n, size=size, seed=seed, first_index=SPLIT_OFFSETS[split], progress=progress, **options)
@@ -570,6 +570,17 @@ def load_split(split: str, n: int, size: int = 64, seed: int = 0, cache: bool = 
         from .checkpoints import save_tensors
         save_tensors({k: v for k, v in data.items() if k != "autoencoder"}, path,
                      metadata={"config": json.dumps(key, sort_keys=True)})
+    return _by_recipe(data, key)
+
+
+def _by_recipe(data: Split, recipe: dict) -> Split:
+    """Key the split's tensors by their recipe (the parameters that change pixels), not their bytes: the
+    renderer's floats differ in the last bits between CPUs (about 1e-7 of a metric), and the store's keys,
+    hence the shipped models, must match on every machine (:func:`simo_lite.store.fingerprint_by_recipe`)."""
+    from .store import fingerprint_by_recipe
+    for k, v in data.items():
+        if k != "autoencoder":                     # the image tensor itself (an alias in the data key)
+            fingerprint_by_recipe(v, k, recipe)
     return data
 
 

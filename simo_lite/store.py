@@ -66,7 +66,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 __all__ = ["Artifact", "Store", "ArtifactError", "CheckpointError", "artifact_key", "config_hash",
-           "state_fingerprint", "data_key", "foundation_key", "atomic_write", "write_text", "write_json",
+           "fingerprint_by_recipe", "first_rows", "state_fingerprint", "data_key", "foundation_key", "atomic_write", "write_text", "write_json",
            "read_json_file", "save_tensors", "load_tensors", "read_metadata", "without_wall_clock",
            "compare_runs", "sha256_file", "WALL_CLOCK_FIELDS", "log"]
 
@@ -113,15 +113,22 @@ def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-_FP_MEMO: dict[int, tuple] = {}     # id(tensor) -> (weakref, _version, shape, fingerprint)
+_FP_MEMO: dict[int, tuple] = {}     # id(tensor) -> (weakref, (_version, shape, name), fingerprint)
 
 
 def _tensor_fingerprint(name: str, t: torch.Tensor) -> str:
-    """:func:`state_fingerprint` of one tensor, memoised while the tensor lives and is unmodified."""
+    """:func:`state_fingerprint` of one tensor, memoised while the tensor lives and is unmodified; the
+    recipe fingerprint of :func:`fingerprint_by_recipe` when one was registered for it (under ``name``)."""
     hit = _FP_MEMO.get(id(t))
-    if hit is not None and hit[0]() is t and hit[1] == (t._version, tuple(t.shape), name):
+    if hit is not None and hit[0]() is t and hit[1] in ((t._version, tuple(t.shape), name),
+                                                         (t._version, tuple(t.shape), None)):
         return hit[2]
-    fp = state_fingerprint({name: t})
+    return _remember(t, name, state_fingerprint({name: t}))
+
+
+def _remember(t: torch.Tensor, name: str | None, fp: str) -> str:
+    """Memoise ``fp`` for ``t`` under ``name`` (None: a recipe fingerprint, valid under any name, e.g. Scenes'
+    ``autoencoder`` target, which is the ``image`` tensor itself)."""
     try:
         _FP_MEMO[id(t)] = (weakref.ref(t), (t._version, tuple(t.shape), name), fp)
     except TypeError:
@@ -130,6 +137,28 @@ def _tensor_fingerprint(name: str, t: torch.Tensor) -> str:
         for k in [k for k, e in _FP_MEMO.items() if e[0]() is None]:
             del _FP_MEMO[k]
     return fp
+
+
+def fingerprint_by_recipe(t: torch.Tensor, name: str, recipe: dict) -> torch.Tensor:
+    """Let ``t`` (stored under ``name`` in a split) be fingerprinted by the recipe that made it, not its bytes.
+
+    Data that simo_lite generates (Scenes) is a deterministic function of its parameters, but its floats
+    differ in the last bits between CPUs (vectorised ``exp``/``sin`` kernels round differently), so a
+    byte hash gives every machine its own data key and no shipped model would match. ``recipe``: every
+    parameter that changes the values (JSON-serialisable), including the generator's version. Holds
+    while ``t`` lives and is not modified in place (then its bytes count again). Returns ``t``."""
+    fp = hashlib.sha256(json.dumps({"recipe": recipe, "name": name, "shape": list(t.shape), "dtype": str(t.dtype)},
+                                   sort_keys=True, default=str).encode()).hexdigest()[:16]
+    _remember(t, None, fp)
+    return t
+
+
+def first_rows(split: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """``{name: t[:n]}``: the first ``n`` samples of a split, each fingerprinted as "the first ``n`` rows of"
+    its source tensor (so a subset of recipe-fingerprinted data keeps a machine-independent key); a
+    tensor of at most ``n`` rows is returned itself."""
+    return {k: v if len(v) <= n else fingerprint_by_recipe(v[:n], k, {"first_rows": n, "of": _tensor_fingerprint(k, v)})
+            for k, v in split.items()}
 
 
 def artifact_key(kind: str, config: dict, upstream: dict[str, str] | None = None) -> str:

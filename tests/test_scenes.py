@@ -389,3 +389,41 @@ def test_texture_edges_and_keypoints_by_hand():
     assert k.sum() > 0 and k[2:6, 2:6].sum() > 0             # blobs at the square's corners
     assert k[0, :].sum() == 0 and _keypoints(torch.full((1, 3, 8, 8), 0.5), 1e-4).sum() == 0   # none on flat albedo
     assert _keypoints(torch.zeros(1, 3, 8, 8).index_fill_(3, torch.arange(4, 8), 0.8), 1e-4).sum() == 0  # none on a straight edge
+
+
+def test_data_key_is_the_recipe_not_the_last_bits(monkeypatch):
+    """Scenes' floats differ in the last bits between CPUs; the data key (and every key chained to it,
+    hence the shipped models) must not: a split is keyed by the parameters that render it."""
+    import simo_lite.scenes as S
+    from simo_lite import store as st
+    here = load_split("val", 4, size=16, seed=3, cache=False)
+    real = S.make_scenes
+
+    def other_cpu(*a, **k):              # the same scenes, rounded differently in the last bit
+        d = real(*a, **k)
+        d["image"] = torch.nextafter(d["image"], torch.full_like(d["image"], 2.0))
+        d["depth"] = torch.nextafter(d["depth"], torch.zeros_like(d["depth"]))
+        d["autoencoder"] = d["image"]
+        return d
+
+    monkeypatch.setattr(S, "make_scenes", other_cpu)
+    there = load_split("val", 4, size=16, seed=3, cache=False)
+    assert not torch.equal(here["image"], there["image"])
+    assert st.data_key(here) == st.data_key(there)
+    assert st.data_key({"image": here["image"], "autoencoder": here["autoencoder"]}) == \
+        st.data_key({"image": there["image"], "autoencoder": there["autoencoder"]})
+    assert st.data_key(load_split("val", 4, size=16, seed=4, cache=False)) != st.data_key(here)   # another recipe
+    sub_here, sub_there = st.first_rows(here, 2), st.first_rows(there, 2)
+    assert st.data_key(sub_here) == st.data_key(sub_there) != st.data_key(here)
+    assert st.first_rows(here, 4)["image"] is here["image"]                 # all rows: the tensor itself
+    key = st.data_key(there)
+    there["depth"].mul_(2.0)                                                 # changed in place: its bytes count
+    assert st.data_key(there) != key
+
+
+def test_tensors_not_made_by_a_recipe_are_keyed_by_their_bytes():
+    from simo_lite import store as st
+    x = torch.arange(6.0)
+    y = torch.nextafter(x, x + 1)
+    assert st.data_key({"image": x}) != st.data_key({"image": y})
+    assert st.data_key({"image": x}) == st.data_key({"image": x.clone()})
