@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
+from typing import Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = ("rows", "alphas")
 
 
-def pairs(seeds, runs: Path, data: Path, profile: str = "cpu"):
+def pairs(seeds: Sequence[int], runs: Path, data: Path, profile: str = "cpu") -> Iterator[tuple[Path, Path]]:
     """``(run folder, repository folder)`` of each seed and kept sub-folder."""
     for s in seeds:
         for f in FOLDERS:
@@ -44,7 +45,8 @@ def copy_json(src: Path, dst: Path, overwrite: bool) -> int:
     return n
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python benchmarks/evidence_cache.py save|restore [--seeds ...]``: copy the kept JSON one way."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("action", choices=("save", "restore"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
