@@ -13,9 +13,10 @@ names carry the key of everything upstream, so a copied file is used only where 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 from typing import Iterator, Sequence
+
+from simo_lite.atomic import copy_file
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = ("rows", "alphas")
@@ -29,7 +30,7 @@ def pairs(seeds: Sequence[int], runs: Path, data: Path, profile: str = "cpu") ->
 
 
 def copy_json(src: Path, dst: Path, overwrite: bool) -> int:
-    """Copy ``src/*.json`` into ``dst`` (atomically per file: temporary name, then rename); the number copied."""
+    """Copy ``src/*.json`` into ``dst`` (each atomically, :func:`simo_lite.atomic.copy_file`); the number copied."""
     if not src.is_dir():
         return 0
     n = 0
@@ -38,9 +39,7 @@ def copy_json(src: Path, dst: Path, overwrite: bool) -> int:
         if target.exists() and not overwrite:
             continue
         dst.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(f, tmp)
-        tmp.replace(target)
+        copy_file(f, target)
         n += 1
     return n
 

@@ -66,7 +66,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 __all__ = ["Artifact", "Store", "ArtifactError", "CheckpointError", "artifact_key", "config_hash",
-           "fingerprint_by_recipe", "first_rows", "state_fingerprint", "data_key", "foundation_key", "atomic_write", "write_text", "write_json",
+           "fingerprint_by_recipe", "first_rows", "state_fingerprint", "data_key", "foundation_key", "atomic_write",
+           "write_text", "write_json",
            "read_json_file", "save_tensors", "load_tensors", "read_metadata", "without_wall_clock",
            "compare_runs", "sha256_file", "WALL_CLOCK_FIELDS", "log"]
 
