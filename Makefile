@@ -115,8 +115,6 @@ gpu-wheels:     # wheels/ for the GPU machine (papermill, nbval, ipykernel, ...)
 experts: venv
 	$(PY) -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --mtl --mtl-sets nyu3 --realign course
 
-# the multi-seed evidence's models beside the course's: seeds 1 and 2 (experts and MTL of both sets) and
-# seed 0's taskonomy5 MTL, into data/evidence/seed-<s>/ (found by key like data/models-cpu/); hours on 2 cores
 # the 3-seed evidence sweep behind docs/results.md (pre-registered budgets: docs/preregistration.md section 6);
 # finished rows and alpha sweeps are kept in data/evidence/ (benchmarks/evidence_cache.py) so it resumes on
 # another machine; then `make results-doc` renders docs/results.md
@@ -129,6 +127,8 @@ evidence: venv
 	  --rows $(EVIDENCE_ROWS); rc=$$?; $(PY) benchmarks/evidence_cache.py save; exit $$rc
 	cp runs/evidence/sweeps/evidence-cpu/results.json docs/evidence-cpu.json
 
+# the multi-seed evidence's models beside the course's: seeds 1 and 2 (experts and MTL of both sets) and
+# seed 0's taskonomy5 MTL, into data/evidence/seed-<s>/ (found by key like data/models-cpu/); hours on 2 cores
 evidence-models: venv
 	for s in 1 2; do OMP_NUM_THREADS=1 $(PY) -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --seed $$s \
 	  --mtl --data-dir data/evidence/seed-$$s --run-dir runs/evidence/cpu-$$s; done
