@@ -131,6 +131,6 @@ evidence: venv
 # seed 0's taskonomy5 MTL, into data/evidence/seed-<s>/ (found by key like data/models-cpu/); hours on 2 cores
 evidence-models: venv
 	for s in 1 2; do OMP_NUM_THREADS=1 $(PY) -m simo_lite.shipped --profile cpu --sets nyu3 taskonomy5 --seed $$s \
-	  --mtl --data-dir data/evidence/seed-$$s --run-dir runs/evidence/cpu-$$s; done
+	  --mtl --data-dir data/evidence/seed-$$s --run-dir runs/evidence/cpu-$$s || exit 1; done
 	OMP_NUM_THREADS=1 $(PY) -m simo_lite.shipped --profile cpu --sets taskonomy5 --seed 0 --mtl --no-experts \
 	  --data-dir data/evidence/seed-0 --run-dir runs/evidence/cpu-0
