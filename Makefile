@@ -102,7 +102,8 @@ bench: venv     # every measured figure: Markdown tables on stdout, all in runs/
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 results-doc: venv   # docs/results.md, generated from the run's results JSON, bench.json and the paper's tables
-	$(PY) benchmarks/render_results.py --run-dir $(RESULTS_RUN_DIR) --bench runs/bench/bench.json --out docs/results.md
+	$(PY) benchmarks/render_results.py --run-dir $(RESULTS_RUN_DIR) --bench runs/bench/bench.json \
+	  --decodability docs/decodability-cpu-0.json --out docs/results.md
 
 test-gpu:       # notebook tests in the gpu profile on CUDA; prints a skip message and exits 0 without CUDA
 	bash benchmarks/test_gpu.sh
@@ -117,12 +118,13 @@ experts: venv
 
 # the 3-seed evidence sweep behind docs/results.md (pre-registered budgets: docs/preregistration.md section 6);
 # finished rows and alpha sweeps are kept in data/evidence/ (benchmarks/evidence_cache.py) so it resumes on
-# another machine; then `make results-doc` renders docs/results.md
+# another machine; then `make results-doc` renders docs/results.md. One seed after the other with 2 threads:
+# on 2 cores that beat 2 workers x 1 thread (293 s vs 507 s on a 2-seed grid, README "Sweeps")
 EVIDENCE_ROWS ?= experts mtl zeroshot ta ties tall ta+head ta+repr ta+lora ties+head ties+repr ties+lora \
                  ta+bn ties+bn zeroshot+head ties_k1 coefficients
 evidence: venv
 	$(PY) benchmarks/evidence_cache.py restore
-	$(PY) -m simo_lite.experiment --profile cpu --tasks nyu3 taskonomy5 --seeds 0 1 2 --workers 2 --threads 1 \
+	$(PY) -m simo_lite.experiment --profile cpu --tasks nyu3 taskonomy5 --seeds 0 1 2 --workers 1 --threads 2 \
 	  --runs-root runs/evidence --name evidence-cpu --set head_realign_steps=1600 --set repr_realign_steps=200 \
 	  --rows $(EVIDENCE_ROWS); rc=$$?; $(PY) benchmarks/evidence_cache.py save; exit $$rc
 	cp runs/evidence/sweeps/evidence-cpu/results.json docs/evidence-cpu.json

@@ -18,7 +18,7 @@ from .tasks import get_task
 from .training import batch_indices, set_trainable
 from .types import Device, Split, StateDict
 
-__all__ = ["learn_layer_coefficients", "group_order"]
+__all__ = ["learn_layer_coefficients", "group_order", "merged_features"]
 
 
 def group_order(group: str) -> tuple[int, int]:
@@ -44,8 +44,6 @@ def learn_layer_coefficients(pretrained: StateDict, task_vectors: dict[str, Stat
 
     Returns (coefficients lambda (T, G) tensor, group names (G,), loss per step).
     """
-    from torch.func import functional_call
-
     if not task_vectors:
         raise ValueError("learn_layer_coefficients: no task vectors to merge")
     if steps < 0 or batch_size < 1:
@@ -67,7 +65,6 @@ def learn_layer_coefficients(pretrained: StateDict, task_vectors: dict[str, Stat
     theta0 = {k: v.to(device) for k, v in pretrained.items()}            # pretrained, on the device
     tvs = {t: {k: v.to(device) for k, v in task_vectors[t].items()} for t in tasks}
     keys = list(groups)
-    tap = _FeatureTap(model.encoder, model.taps)
     losses = []
     for step in pg.progress(range(steps), "learning layer coefficients", show=progress, leave=False):
         idx = batch_indices(len(data["image"]), batch_size, seed, step)
@@ -76,8 +73,7 @@ def learn_layer_coefficients(pretrained: StateDict, task_vectors: dict[str, Stat
         for k in keys:
             j = col[groups[k]]
             params[k] = theta0[k] + sum(coef_c[i, j] * tvs[t][k] for i, t in enumerate(tasks))
-        images = data["image"][idx].to(device)
-        feats = functional_call(tap, {f"encoder.{k}": v for k, v in params.items()}, (images,))  # (B, L, 2C, h, w)
+        feats = merged_features(model, params, data["image"][idx].to(device))  # (B, L, 2C, h, w)
         loss = sum(get_task(t).loss(model.heads[t](feats), data[t][idx].to(device)) for t in model.tasks) / len(model.tasks)
         opt.zero_grad()
         loss.backward()
@@ -86,6 +82,17 @@ def learn_layer_coefficients(pretrained: StateDict, task_vectors: dict[str, Stat
             coef.clamp_(0, 1)
         losses.append(float(loss.detach()))
     return coef.detach().cpu().clamp(0, 1), names, losses
+
+
+def merged_features(model: SimoModel, params: StateDict, images: torch.Tensor) -> torch.Tensor:
+    """Head-input features (B, L, 2C, h, w) of ``images`` (B, 3, H, W) in [0, 1] through ``model``'s
+    encoder with its weights replaced by ``params`` (``{name: tensor}``, names of the encoder's state dict;
+    any it leaves out are the encoder's own), differentiable with respect to ``params``
+    (``torch.func.functional_call``: the module itself is not changed)."""
+    from torch.func import functional_call
+
+    tap = _FeatureTap(model.encoder, model.taps)
+    return functional_call(tap, {f"encoder.{k}": v for k, v in params.items()}, (images,))
 
 
 class _FeatureTap(nn.Module):

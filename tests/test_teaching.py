@@ -24,7 +24,7 @@ from simo_lite import course
 from simo_lite.classroom import student
 
 NOTEBOOKS = course.notebooks()
-METHOD_NOTEBOOKS = ("02", "05", "06", "07")     # the notebooks whose method is trained: experts, both fixes, MTL
+METHOD_NOTEBOOKS = ("02", "05", "06", "07", "08")  # the notebooks whose method is trained: experts, both fixes, MTL, coefficients
 MIN_LINE = 20
 
 

@@ -1,7 +1,8 @@
 """The checks of notebook 08 (Task relationships).
 
 The lesson: ``check_lambda_probe`` (the paper's probe θ₀ + λ τ_p, compared with
-``simo_lite.merging.task_arithmetic`` on one task vector). The exercises: ``check_retention_per_task``,
+``simo_lite.merging.task_arithmetic`` on one task vector) and ``check_learn_coefficients`` (the training
+loop of the per-layer coefficients, compared with ``simo_lite.coefficients.learn_layer_coefficients``). The exercises: ``check_retention_per_task``,
 ``check_taskwise_merge``.
 """
 from __future__ import annotations
@@ -10,9 +11,9 @@ from typing import Callable
 
 import torch
 
-from ._core import _Wrong, _call, _run, _number, _state_dict, _toy_state, _toy_tvs
+from ._core import _Wrong, _call, _gen, _run, _number, _state_dict, _tensor, _toy_state, _toy_tvs
 
-__all__ = ["check_lambda_probe", "check_retention_per_task", "check_taskwise_merge"]
+__all__ = ["check_lambda_probe", "check_learn_coefficients", "check_retention_per_task", "check_taskwise_merge"]
 
 
 def check_lambda_probe(fn: Callable, strict: bool = False) -> bool:
@@ -98,3 +99,46 @@ def check_taskwise_merge(fn: Callable, strict: bool = False) -> bool:
         expected = apply_layer_coefficients(half, tvs, [[0.5] * len(groups)] * 3, groups)
         _state_dict(got, expected, "the merged state", case, atol=1e-2, check_dtype="exact")
     return _run("task-wise merge", fn, body, strict)
+
+
+def check_learn_coefficients(fn: Callable, strict: bool = False) -> bool:
+    """``fn(theta_0, task_vectors, model, data, steps, lr, init, batch_size, seed) -> (coef, losses)``: the
+    loop that learns per-task, per-layer merging coefficients (paper Fig. 2), compared with
+    :func:`simo_lite.coefficients.learn_layer_coefficients` on a tiny ViT with two heads and the same
+    batches: the coefficients (T, G) after training and the loss of every step."""
+    import copy
+
+    from simo_lite.coefficients import learn_layer_coefficients
+    from simo_lite.merging import task_vectors as make_task_vectors
+    from simo_lite.models import SimoModel, make_encoder, make_head
+
+    def body(fn):
+        g = _gen(108)
+        encoder = make_encoder(img_size=8, patch_size=4, embed_dim=4, depth=2, num_heads=2, seed=0)
+        theta_0 = {k: v.clone() for k, v in encoder.state_dict().items()}
+        experts = {t: {k: v + 0.1 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                       for k, v in theta_0.items()} for t in ("depth", "keypoints")}
+        tvs = make_task_vectors(theta_0, experts)
+        with torch.random.fork_rng():
+            torch.manual_seed(7)
+            heads = {t: make_head("linear", t, 4, 2, 8) for t in tvs}
+        model = SimoModel(encoder, heads, taps=(0, 1))
+        data = {"image": torch.rand(12, 3, 8, 8, generator=g), "depth": 1 + 3 * torch.rand(12, 1, 8, 8, generator=g),
+                "keypoints": (torch.rand(12, 1, 8, 8, generator=g) < 0.2).float()}
+        for case, steps, lr, init in (("2 tasks, 2 blocks, 4 steps of batch 4 at lr 0.05 from 0.3", 4, 5e-2, 0.3),
+                                      ("the same from 0.9 at lr 0.5 (the clamp to [0, 1] matters)", 3, 0.5, 0.9)):
+            want, _, want_losses = learn_layer_coefficients(theta_0, tvs, copy.deepcopy(model), data, steps=steps,
+                                                            lr=lr, batch_size=4, init=init, seed=3)
+            got = _call(fn, case, {k: v.clone() for k, v in theta_0.items()}, tvs, copy.deepcopy(model),
+                        {k: v.clone() for k, v in data.items()}, steps, lr, init, 4, 3)
+            if not isinstance(got, tuple) or len(got) != 2:
+                raise _Wrong(f"expected a tuple (coefficients, losses), got {type(got).__name__} ({case})")
+            coef, losses = got
+            if not isinstance(losses, (list, tuple)) or len(losses) != steps:
+                raise _Wrong(f"the losses: expected a list of {steps} floats (one per step), got "
+                             f"{type(losses).__name__}{f' of length {len(losses)}' if hasattr(losses, '__len__') else ''}"
+                             f" ({case})")
+            for step, (l_got, l_want) in enumerate(zip(losses, want_losses)):
+                _number(l_got, l_want, f"the loss of step {step}", case, atol=1e-5, rtol=1e-4)
+            _tensor(coef, want, "the coefficients (tasks, layer groups) after training", case, atol=1e-5, rtol=1e-4)
+    return _run("per-layer coefficient loop", fn, body, strict)
