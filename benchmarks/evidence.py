@@ -155,10 +155,26 @@ def rows_table(tidy: Sequence[dict], sets: Sequence[str] = (NYU, DIVERSE)) -> li
     return lines
 
 
+def alphas_table(tidy: Sequence[dict], sets: Sequence[str] = (NYU, DIVERSE),
+                 rows: Sequence[str] = ("ta", "ties", "ties_k1")) -> list[list]:
+    """One line per (task set, merge row): the α chosen on val at every seed (tidy rows with ``alpha``;
+    "–" for a seed without one), so a merge that fell back to the foundation (α = 0) is visible."""
+    seeds = sorted({int(r["seed"]) for r in tidy})
+    lines = []
+    for s in sets:
+        for row in rows:
+            got = {int(r["seed"]): r["alpha"] for r in tidy
+                   if r["tasks"] == s and r["row"] == row and r.get("alpha") is not None}
+            if got:
+                lines.append([s, row] + [f"{got[k]:g}" if k in got else "–" for k in seeds])
+    return lines
+
+
 def evaluate(tidy: Sequence[dict]) -> dict:
-    """``{"criteria": [...], "findings": [...], "rows": [...], "seeds": [...]}`` of a sweep's tidy rows."""
+    """``{"criteria": [...], "findings": [...], "rows": [...], "alphas": [...], "seeds": [...]}`` of a sweep's
+    tidy rows."""
     return {"criteria": criteria(tidy), "findings": findings(tidy), "rows": rows_table(tidy),
-            "seeds": sorted({int(r["seed"]) for r in tidy})}
+            "alphas": alphas_table(tidy), "seeds": sorted({int(r["seed"]) for r in tidy})}
 
 
 def markdown(ev: dict) -> str:
@@ -172,4 +188,8 @@ def markdown(ev: dict) -> str:
                       [[f["finding"], f["measured"], f["verdict"], f["paper"]] for f in ev["findings"]]),
              "\n\nEvery row, Δm mean ± SD across seeds:\n",
              md_table(["task set", "row", "Δm (ratio)", "Δm (Eq. 2)"], ev["rows"]), ""]
+    if ev.get("alphas"):
+        parts += ["\nThe α each merge chose on the validation split, per seed (α = 0: no merge beat the foundation "
+                  "there, so the row is the zero-shot model and its realigned rows realign the foundation):\n",
+                  md_table(["task set", "row"] + [f"seed {s}" for s in ev["seeds"]], ev["alphas"]), ""]
     return "\n".join(parts)

@@ -256,7 +256,7 @@ def run_report(out: str | Path) -> str:
 # several seeds: the tidy table and its mean ± SD
 # ----------------------------------------------------------------------------------------------
 TIDY_COLUMNS = ("run", "seed", "tasks", "row", "method", "fix", "task", "metric", "value", "delta_m_ratio",
-                "delta_m_relative")
+                "delta_m_relative", "alpha")
 
 
 def tidy_rows(table: Sequence[dict], *, run: str, seed: int, metric_names: dict[str, str] | None = None) -> list[dict]:
@@ -267,7 +267,8 @@ def tidy_rows(table: Sequence[dict], *, run: str, seed: int, metric_names: dict[
     task names joined by ``+``; ``method`` / ``fix`` split the row id (``ta+head`` -> ``ta``, ``head``;
     ``fix`` None for a row without one). Each task gives two rows: its metric (named by
     ``metric_names[task]``, e.g. from the training table; else ``"metric"``) and ``"normalized"``
-    (its fraction of the expert's). ``delta_m_ratio`` / ``delta_m_relative`` are the row's, repeated."""
+    (its fraction of the expert's). ``delta_m_ratio`` / ``delta_m_relative`` are the row's, repeated, and so
+    is ``alpha``, the merge's scaling (chosen on val, or fixed) where the row merges with one, else None."""
     names = metric_names or {}
     out = []
     for r in table:
@@ -279,7 +280,8 @@ def tidy_rows(table: Sequence[dict], *, run: str, seed: int, metric_names: dict[
             for metric, value in ((names.get(t, "metric"), r["metrics"].get(t)),
                                   ("normalized", (r.get("normalized") or {}).get(t))):
                 out.append({**base, "task": t, "metric": metric, "value": value,
-                            "delta_m_ratio": r.get("delta_m_ratio"), "delta_m_relative": r.get("delta_m_relative")})
+                            "delta_m_ratio": r.get("delta_m_ratio"), "delta_m_relative": r.get("delta_m_relative"),
+                            "alpha": r.get("alpha")})
     return out
 
 

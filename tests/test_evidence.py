@@ -47,6 +47,18 @@ def test_markdown_lists_every_criterion_and_row():
     assert "-21.0 ± 1.0 % (n = 3)" in md and "MTL loses more on the diverse set" in md
 
 
+def test_alphas_per_seed_show_a_merge_that_fell_back_to_the_foundation():
+    tidy = _tidy({(D, "ta"): [-0.55, -0.64, -0.59], (N, "ta"): [-0.4, -0.37, -0.35], (N, "mtl"): [-0.05] * 3})
+    for r in tidy:
+        if r["row"] == "ta":
+            r["alpha"] = {(D, 0): 0.2, (D, 1): 0.0, (N, 0): 0.2, (N, 1): 0.3}.get((r["tasks"], r["seed"]))
+    lines = ev.alphas_table(tidy)
+    assert lines == [[N, "ta", "0.2", "0.3", "–"], [D, "ta", "0.2", "0", "–"]]     # seed 2: no alpha recorded
+    md = ev.markdown(ev.evaluate(tidy))
+    assert "| seed 0 | seed 1 | seed 2 |" in md and "no merge beat the foundation" in md
+    assert "no merge beat" not in ev.markdown(ev.evaluate(_tidy({(D, "mtl"): [-0.2, -0.21, -0.22]})))
+
+
 def test_evidence_cache_saves_and_restores_rows_without_overwriting(tmp_path):
     from benchmarks import evidence_cache as ec
     runs, data = tmp_path / "runs", tmp_path / "data"
@@ -64,3 +76,12 @@ def test_evidence_cache_saves_and_restores_rows_without_overwriting(tmp_path):
     assert (fresh / "cpu-1" / "rows" / "row-ta-abc.json").read_text() == '{"row": "newer"}'   # kept
     assert (fresh / "cpu-1" / "alphas" / "alpha-ta-def.json").is_file()
     assert not list((fresh / "cpu-1").rglob(".*.tmp"))
+
+
+def test_add_rows_replaces_the_named_rows_only():
+    from benchmarks import evidence_cache
+    tidy = _tidy({(N, "mtl"): [-0.05] * 3, (N, "mtl4x"): [0.1]})
+    extra = _tidy({(N, "mtl4x"): [0.16], (N, "experts"): [0.0]})
+    out = evidence_cache.add_rows(tidy, extra, ["mtl4x"])
+    assert [r["delta_m_ratio"] for r in out if r["row"] == "mtl4x"] == [0.16]       # replaced, not duplicated
+    assert sum(r["row"] == "mtl" for r in out) == 3 and not any(r["row"] == "experts" for r in out)

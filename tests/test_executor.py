@@ -88,15 +88,16 @@ def test_run_jobs_rejects_bad_settings():
 # ---------------------------------------------------------------------------------------------
 # the tidy table and its mean ± SD across seeds
 # ---------------------------------------------------------------------------------------------
-def _record(row: str, seg: float, depth: float, ratio: float, relative: float) -> dict:
-    return {"row": row, "tasks": ["seg", "depth"], "metrics": {"seg": seg, "depth": depth},
-            "normalized": {"seg": seg / 0.5, "depth": 1.0 / depth}, "delta_m_ratio": ratio,
-            "delta_m_relative": relative, "cost": {}}
+def _record(row: str, seg: float, depth: float, ratio: float, relative: float, alpha: float | None = None) -> dict:
+    rec = {"row": row, "tasks": ["seg", "depth"], "metrics": {"seg": seg, "depth": depth},
+           "normalized": {"seg": seg / 0.5, "depth": 1.0 / depth}, "delta_m_ratio": ratio,
+           "delta_m_relative": relative, "cost": {}}
+    return rec if alpha is None else {**rec, "alpha": alpha}
 
 
-SEEDS = {0: [_record("experts", 0.5, 1.0, 0.0, 0.0), _record("ta+head", 0.40, 1.2, -0.10, -0.20)],
-         1: [_record("experts", 0.5, 1.0, 0.0, 0.0), _record("ta+head", 0.44, 1.1, -0.06, -0.12)],
-         2: [_record("experts", 0.5, 1.0, 0.0, 0.0), _record("ta+head", 0.36, 1.3, -0.14, -0.25)]}
+SEEDS = {0: [_record("experts", 0.5, 1.0, 0.0, 0.0), _record("ta+head", 0.40, 1.2, -0.10, -0.20, 0.2)],
+         1: [_record("experts", 0.5, 1.0, 0.0, 0.0), _record("ta+head", 0.44, 1.1, -0.06, -0.12, 0.3)],
+         2: [_record("experts", 0.5, 1.0, 0.0, 0.0), _record("ta+head", 0.36, 1.3, -0.14, -0.25, 0.0)]}
 NAMES = {"seg": "mIoU", "depth": "MAE"}
 
 
@@ -112,7 +113,9 @@ def test_tidy_rows_one_row_per_task_and_metric():
     r = next(r for r in tidy if r["seed"] == 1 and r["row"] == "ta+head" and r["task"] == "depth"
              and r["metric"] == "MAE")
     assert r == {"run": "smoke", "seed": 1, "tasks": "seg+depth", "row": "ta+head", "method": "ta", "fix": "head",
-                 "task": "depth", "metric": "MAE", "value": 1.1, "delta_m_ratio": -0.06, "delta_m_relative": -0.12}
+                 "task": "depth", "metric": "MAE", "value": 1.1, "delta_m_ratio": -0.06, "delta_m_relative": -0.12,
+                 "alpha": 0.3}
+    assert all(r["alpha"] is None for r in tidy if r["row"] == "experts")     # a row without a merge has no alpha
     experts = next(r for r in tidy if r["row"] == "experts")
     assert (experts["method"], experts["fix"]) == ("experts", None)
     assert {r["metric"] for r in tidy if r["task"] == "seg"} == {"mIoU", "normalized"}
