@@ -57,7 +57,8 @@ def add_rows(tidy: list[dict], extra: list[dict], rows: Sequence[str]) -> list[d
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python benchmarks/evidence_cache.py save|restore [--seeds ...]``: copy the kept JSON one way."""
+    """``python benchmarks/evidence_cache.py save|restore [--seeds ...]``: copy the kept JSON one way;
+    ``add-rows SWEEP.json [--rows ...]``: put another sweep's rows into the tidy table (:func:`add_rows`)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("action", choices=("save", "restore", "add-rows"))
     ap.add_argument("sweep", nargs="?", help="add-rows: another sweep's results.json")
@@ -73,8 +74,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         tidy, extra = (json.loads(Path(p).read_text()) for p in (args.table, args.sweep))
         out = add_rows(tidy, extra, args.rows)
         write_text(Path(args.table), json.dumps(out, indent=1) + "\n")
-        print(f"add-rows: {len(out) - len(tidy) + sum(r['row'] in args.rows for r in tidy)} rows of "
-              f"{', '.join(args.rows)} in {args.table} ({len(out)} in all)")
+        print(f"add-rows: {sum(r['row'] in args.rows for r in out)} rows of {', '.join(args.rows)} in {args.table} "
+              f"({len(out)} in all)")
         return
     total = 0
     for run, kept in pairs(args.seeds, Path(args.runs), Path(args.data)):

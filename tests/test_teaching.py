@@ -4,7 +4,7 @@
   ``BEGIN SOLUTION`` / ``END SOLUTION`` in the source) is compared with every other cell; a block whose
   long lines (>= 20 characters, whitespace-normalised) stand, half or more of them, in another cell of
   the student copy fails;
-- the method notebooks hold a training loop the learner writes (``backward()`` and an optimiser
+- the method notebooks (02, 05, 06, 07, 08) hold a training loop the learner writes (``backward()`` and an optimiser
   ``step()`` inside a solution block);
 - every notebook typesets its math (LaTeX in its Markdown);
 - every recap is a code cell tagged ``recap`` whose output quotes numbers of the run's results
@@ -24,7 +24,8 @@ from simo_lite import course
 from simo_lite.classroom import student
 
 NOTEBOOKS = course.notebooks()
-METHOD_NOTEBOOKS = ("02", "05", "06", "07", "08")  # the notebooks whose method is trained: experts, both fixes, MTL, coefficients
+# the notebooks whose method is trained: experts, both fixes, MTL, the per-layer merging coefficients
+METHOD_NOTEBOOKS = ("02", "05", "06", "07", "08")
 MIN_LINE = 20
 
 

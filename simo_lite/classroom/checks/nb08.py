@@ -2,8 +2,8 @@
 
 The lesson: ``check_lambda_probe`` (the paper's probe θ₀ + λ τ_p, compared with
 ``simo_lite.merging.task_arithmetic`` on one task vector) and ``check_learn_coefficients`` (the training
-loop of the per-layer coefficients, compared with ``simo_lite.coefficients.learn_layer_coefficients``). The exercises: ``check_retention_per_task``,
-``check_taskwise_merge``.
+loop of the per-layer coefficients, compared with ``simo_lite.coefficients.learn_layer_coefficients``).
+The exercises: ``check_retention_per_task``, ``check_taskwise_merge``.
 """
 from __future__ import annotations
 
@@ -135,9 +135,9 @@ def check_learn_coefficients(fn: Callable, strict: bool = False) -> bool:
                 raise _Wrong(f"expected a tuple (coefficients, losses), got {type(got).__name__} ({case})")
             coef, losses = got
             if not isinstance(losses, (list, tuple)) or len(losses) != steps:
+                length = f" of length {len(losses)}" if hasattr(losses, "__len__") else ""
                 raise _Wrong(f"the losses: expected a list of {steps} floats (one per step), got "
-                             f"{type(losses).__name__}{f' of length {len(losses)}' if hasattr(losses, '__len__') else ''}"
-                             f" ({case})")
+                             f"{type(losses).__name__}{length} ({case})")
             for step, (l_got, l_want) in enumerate(zip(losses, want_losses)):
                 _number(l_got, l_want, f"the loss of step {step}", case, atol=1e-5, rtol=1e-4)
             _tensor(coef, want, "the coefficients (tasks, layer groups) after training", case, atol=1e-5, rtol=1e-4)
