@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.action == "add-rows":
         if not args.sweep:
             ap.error("add-rows needs the sweep's results.json")
+        missing = [p for p in (args.table, args.sweep) if not Path(p).is_file()]
+        if missing:
+            ap.error(f"add-rows: not found: {', '.join(missing)} (run `make evidence` for the table, and the other "
+                     "sweep for its results.json)")
         tidy, extra = (json.loads(Path(p).read_text()) for p in (args.table, args.sweep))
         out = add_rows(tidy, extra, args.rows)
         write_text(Path(args.table), json.dumps(out, indent=1) + "\n")

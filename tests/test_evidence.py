@@ -85,3 +85,14 @@ def test_add_rows_replaces_the_named_rows_only():
     out = evidence_cache.add_rows(tidy, extra, ["mtl4x"])
     assert [r["delta_m_ratio"] for r in out if r["row"] == "mtl4x"] == [0.16]       # replaced, not duplicated
     assert sum(r["row"] == "mtl" for r in out) == 3 and not any(r["row"] == "experts" for r in out)
+
+
+def test_add_rows_names_a_missing_sweep_file(tmp_path, capsys):
+    import pytest
+
+    from benchmarks import evidence_cache
+    table = tmp_path / "table.json"
+    table.write_text("[]\n")
+    with pytest.raises(SystemExit):
+        evidence_cache.main(["add-rows", str(tmp_path / "missing.json"), "--table", str(table)])
+    assert "not found" in capsys.readouterr().err and table.read_text() == "[]\n"
