@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "write_text", "write_json", "copy_file", "copy_tree"]
+__all__ = ["atomic_write", "write_text", "write_bytes", "write_json", "copy_file", "copy_tree"]
 
 
 def _umask() -> int:
@@ -52,6 +52,14 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
+    return atomic_write(path, write)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically write ``data`` to ``path``."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
     return atomic_write(path, write)
 
 

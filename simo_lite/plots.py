@@ -1,6 +1,6 @@
 """Shared plotting helpers: fixed sizes, titles and axis labels; every function returns the figure.
 
-Save figures with ``Course.save_figure`` so they land in the run directory as PNG as well.
+Show figures with ``Course.show_figure`` (rendered once: shown and saved as PNG in the run directory).
 """
 from __future__ import annotations
 

@@ -46,3 +46,43 @@ def test_every_notebook_sets_up_in_one_call(path):
     lines = [ln for ln in calls[0].splitlines() if ln.strip() and not re.match(r"(import|from) ", ln)]
     assert any(re.match(r"ctx = (simo_lite\.)?course\.setup\(globals\(\)", ln) for ln in lines), lines
     assert len(lines) <= 4, f"{path.name}: the set-up cell has {len(lines)} lines besides imports: {lines}"
+
+
+def test_show_figure_renders_once_saves_the_png_and_shows_the_same_bytes(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ctx = course.setup(profile="cpu", run_dir=str(tmp_path / "r"))
+    renders = []
+    fig, ax = plt.subplots(figsize=(4, 2))
+    ax.plot([0, 1], [1, 0], label="line")
+    ax.legend()
+    orig = fig.savefig
+    monkeypatch.setattr(fig, "savefig", lambda *a, **k: (renders.append(k), orig(*a, **k))[1])
+
+    # outside IPython: saved, the figure stays open for the caller
+    path = ctx.show_figure(fig, "demo", notebook="09")
+    assert path == tmp_path / "r" / "figures" / "09-demo.png" and path.read_bytes()[:4] == b"\x89PNG"
+    assert plt.fignum_exists(fig.number) and len(renders) == 1 and renders[0]["dpi"] == ctx.figure_dpi == 110
+    assert renders[0]["bbox_inches"] == "tight"
+    assert not list(path.parent.glob(".*.tmp"))                               # atomic: no temporary left
+
+    # in a kernel: one more render, shown as that PNG at 100 px per inch, then closed
+    shown = []
+    shell = InteractiveShell.instance()
+    try:
+        monkeypatch.setattr("IPython.display.display", lambda obj, **k: shown.append(obj))
+        ctx.show_figure(fig, "demo", notebook="09")
+    finally:
+        InteractiveShell.clear_instance()
+    assert len(renders) == 2 and len(shown) == 1 and not plt.fignum_exists(fig.number)
+    png = path.read_bytes()
+    width_px = int.from_bytes(png[16:20], "big")
+    assert shown[0].data == png and shown[0].width == round(width_px * 100 / ctx.FIGURE_DPI)
+    smoke = course.setup(profile="smoke", run_dir=str(tmp_path / "s"))  # the test profile: one draw, 72 dpi
+    fig, ax = plt.subplots(figsize=(4, 2))
+    png = smoke.save_figure(fig, "demo").read_bytes()
+    assert smoke.figure_dpi == 72 and int.from_bytes(png[16:20], "big") == 4 * 72
+    plt.close(fig)

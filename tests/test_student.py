@@ -372,7 +372,8 @@ def test_student_copy_runs_in_smoke_profile(path, student_dir, smoke_env):
         pm.execute_notebook(str(student_dir / path.name), str(target), kernel_name="python3", progress_bar=False,
                             parameters={"profile": "smoke", "run_dir": str(smoke_env["run_dir"]),
                                         "show_progress": False},
-                            cwd=str(path.parent), execution_timeout=SMOKE_BUDGET_S, log_output=False)
+                            cwd=str(path.parent), execution_timeout=SMOKE_BUDGET_S, log_output=False,
+                            shutdown_kernel="immediate")
     except Exception as e:  # noqa: BLE001 -- papermill's execution error names the failing cell
         errors = _error_outputs(nbformat.read(target, as_version=4)) if target.exists() else []
         pytest.fail(f"student copy of {path.name} failed: {type(e).__name__}: {str(e)[:500]}\n" + "\n".join(errors))
