@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PROFILE ?= cpu
 
 
-.PHONY: foundation-invariant decodability experts evidence-models evidence evidence-mtl4x
+.PHONY: foundation-invariant decodability experts evidence-models evidence evidence-mtl4x alpha-regimes
 .PHONY: course test venv check-env bench-scenes foundation clean-runs student lab kernel ui-deps test-ui \
         assignment grade
 
@@ -89,6 +89,11 @@ foundation-invariant: venv
 	  --out data/foundation-cpu-invariant.safetensors --probe-tasks texture_edges,depth
 decodability: venv
 	$(PY) -m benchmarks.decodability --profile cpu --invariance-steps $(INVARIANCE_STEPS)
+
+# task arithmetic's alpha curve per task on taskonomy5, plain and after BN re-estimation, seeds 0-2 (the
+# evidence models; about 3 min) -> docs/alpha-regimes-cpu.{md,json}
+alpha-regimes: venv
+	$(PY) benchmarks/alpha_regimes.py --seeds 0 1 2
 
 clean-runs:
 	rm -rf runs

@@ -406,3 +406,22 @@ def test_relationships_markdown_reads_its_own_json_back():
     assert text == relationships.markdown(json.loads(json.dumps(res)))
     assert "| 2 | 1 | 0.600 | 0.600–0.600 | 0.39 |" in text
     assert "Adding τ_depth and scoring seg: 0.500 at λ = 0, best 0.550 at λ = 1.0 (+0.050; one seed)." in text
+
+
+def test_alpha_regimes_smoke_curves_are_consistent(tmp_path):
+    """The α-curve diagnostic on the smoke profile: α = 0 is the foundation, α = 1 plain task arithmetic,
+    the means and α* follow the per-task scores, and the Markdown shows every α and both α*."""
+    from benchmarks import alpha_regimes
+
+    r = alpha_regimes.curves("smoke", "taskonomy5", 0, tmp_path / "run", alphas=(0.0, 0.5, 1.0))
+    assert r["alphas"] == [0.0, 0.5, 1.0] and set(r["plain"]) == set(r["bn"]) == {0.0, 0.5, 1.0}
+    for kind in ("plain", "bn"):
+        means = {a: sum(v.values()) / len(v) for a, v in r[kind].items()}
+        assert means == pytest.approx(r["mean"][kind])
+        assert r["alpha_star"][kind] == max(means, key=means.get)
+        assert all(set(v) == set(r["tasks"]) for v in r[kind].values())
+    # α = 0 is θ₀ with the experts' heads: the same under any α grid
+    again = alpha_regimes.curves("smoke", "taskonomy5", 0, tmp_path / "run", alphas=(0.0,))
+    assert again["plain"][0.0] == pytest.approx(r["plain"][0.0])
+    md = alpha_regimes.markdown([r], "smoke")
+    assert f"α* = {r['alpha_star']['plain']:g} plain" in md and md.count("\n| ") == 1 + 3
