@@ -401,3 +401,32 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+def test_runner_engine_saves_the_running_notebook_sparsely_and_always_at_the_end(tmp_path, monkeypatch):
+    """papermill writes the whole notebook before and after every cell; the runner's engine writes it at
+    most every ``SAVE_EVERY_S`` while cells run and always at the end, with every output in it."""
+    import papermill as pm
+    import papermill.engines as pe
+
+    cells = [nbformat.v4.new_markdown_cell(f"text {i}") for i in range(30)]
+    cells += [nbformat.v4.new_code_cell("import time\nx = 41"), nbformat.v4.new_code_cell("time.sleep(1.3)"),
+              nbformat.v4.new_code_cell("print(x + 1)")]
+    src = tmp_path / "tiny.ipynb"
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, src)
+    writes = []
+    real = pe.write_ipynb
+    monkeypatch.setattr(pe, "write_ipynb", lambda nb, path: (writes.append(path), real(nb, path))[1])
+    counts = {}
+    for engine in (None, course._papermill_engine()):
+        writes.clear()
+        out = tmp_path / f"out-{engine}.ipynb"
+        pm.execute_notebook(str(src), str(out), kernel_name="python3", progress_bar=False, engine_name=engine,
+                            shutdown_kernel="immediate")
+        counts[engine] = len(writes)
+        done = nbformat.read(out, as_version=4)
+        assert done.cells[-1].outputs[0]["text"] == "42\n" and done.metadata.papermill["duration"] > 1.3
+    assert counts[None] >= 2 * len(cells)                  # papermill's own: before and after every cell
+    assert 2 <= counts["simo_lite"] <= 5, counts            # start, after the 1.3 s cell, the end
