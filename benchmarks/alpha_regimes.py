@@ -37,16 +37,16 @@ def curves(profile: str = "cpu", tasks: str = "taskonomy5", seed: int = 0, run_d
     grid = [float(a) for a in (alphas if alphas is not None else merging.ALPHA_GRID)]
     out: dict[str, Any] = {"seed": seed, "tasks": list(exp.tasks), "alphas": grid, "plain": {}, "bn": {}}
     t0 = time.perf_counter()
+    sweep = exp.alpha_sweep("ta", grid)           # {α: val metrics}: what α selection scores (cached in run_dir)
     for a in grid:
-        model = exp.with_heads(exp.merge("ta", a))
-        out["plain"][a] = exp.normalized(exp.evaluate(model, "val"), "val")
-        bn_model, _ = fixes.bn_reestimation(exp, model)
+        out["plain"][a] = exp.normalized(sweep[a], "val")
+        bn_model, _ = fixes.bn_reestimation(exp, exp.with_heads(exp.merge("ta", a)))
         out["bn"][a] = exp.normalized(exp.evaluate(bn_model, "val"), "val")
+    out["mean"], out["alpha_star"] = {}, {}
     for kind in ("plain", "bn"):
         means = {a: sum(v.values()) / len(v) for a, v in out[kind].items()}
-        best = max(means, key=lambda a: (means[a], -a))
-        out.setdefault("mean", {})[kind] = means
-        out.setdefault("alpha_star", {})[kind] = best
+        out["mean"][kind] = means
+        out["alpha_star"][kind] = merging.select_alpha(means.__getitem__, grid)[0]   # the package's rule, on the grid
     out["wall_s"] = time.perf_counter() - t0
     return out
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import functools
 import itertools
 import json
 import os
@@ -106,20 +107,21 @@ class Course:
         """``<run_dir>/figures/<notebook>-<name>.png`` (``<name>.png`` without a notebook)."""
         return self.figures / f"{notebook + '-' if notebook else ''}{name}.png"
 
-    def _png(self, fig: "matplotlib.figure.Figure") -> bytes:
+    def _render_png(self, fig: "matplotlib.figure.Figure") -> bytes:
+        """``fig`` as PNG bytes at :attr:`figure_dpi`, cropped tight except in the smoke profile."""
         return _png(fig, self.figure_dpi, tight=self.profile.name != "smoke")
 
     def save_figure(self, fig: "matplotlib.figure.Figure", name: str, notebook: str = "") -> Path:
-        """Save a matplotlib figure as PNG (:attr:`figure_dpi`, tight bounding box) under
-        ``<run_dir>/figures``, atomically, and return its path. The figure stays open."""
-        return write_bytes(self.figure_path(name, notebook), self._png(fig))
+        """Save a matplotlib figure as PNG (:meth:`_render_png`) under ``<run_dir>/figures``, atomically,
+        and return its path. The figure stays open."""
+        return write_bytes(self.figure_path(name, notebook), self._render_png(fig))
 
     def show_figure(self, fig: "matplotlib.figure.Figure", name: str, notebook: str = "") -> Path:
         """Save ``fig`` like :meth:`save_figure` and, in an IPython kernel, show that same PNG as the
         cell's output and close the figure (one rendering instead of two: ``plt.show()`` would render
         it again). Displayed at the size the inline backend would use (100 px per inch). Outside
         IPython it only saves and leaves the figure open. Returns the PNG's path."""
-        png = self._png(fig)
+        png = self._render_png(fig)
         path = write_bytes(self.figure_path(name, notebook), png)
         try:
             from IPython import get_ipython
@@ -738,8 +740,10 @@ def _no_sigint() -> _Sigint:
 SAVE_EVERY_S = 1.0      # the running notebook is written at most this often while its cells run
 
 
+@functools.cache
 def _papermill_engine() -> str:
-    """Register (once) and name papermill's nbclient engine with sparser saves of the running notebook.
+    """Register (on the first call) and name papermill's nbclient engine with sparser saves of the running
+    notebook.
 
     papermill writes the whole notebook before and after every cell, markdown cells included: 120-170
     writes of a notebook that grows to 0.3-0.7 MB, about 1 s of a smoke notebook's 6-13 s. This engine
@@ -749,8 +753,6 @@ def _papermill_engine() -> str:
     from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
 
     name = "simo_lite"
-    if name in papermill_engines._engines:
-        return name
 
     class SparseSaves(NotebookExecutionManager):
         def save(self, **kw):
@@ -762,7 +764,7 @@ def _papermill_engine() -> str:
         @classmethod
         def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
                              autosave_cell_every=30, **kwargs):
-            # papermill's Engine.execute_notebook with the manager above
+            # papermill's Engine.execute_notebook (which has no hook for the manager) with the manager above
             nb_man = SparseSaves(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
                                  autosave_cell_every=autosave_cell_every)
             nb_man.notebook_start()
