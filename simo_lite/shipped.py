@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 import time
@@ -32,6 +33,8 @@ from . import paths
 from .atomic import copy_file, copy_tree
 
 __all__ = ["manifest_path", "ship", "parse_realign", "COURSE_REALIGN", "main"]
+
+log = logging.getLogger(__name__)
 
 
 def manifest_path(profile_name: str, data_dir: str | Path | None = None) -> Path:
@@ -103,7 +106,8 @@ def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5")
     row; ``mtl_sets``: the sets whose MTL models ship, default all of ``sets``); copy each into
     ``data/models-<profile>/`` (atomically, replacing an older copy of the same key); with ``realign``
     (specs of :func:`parse_realign`), those realignments (heads or adapters) too, into its ``realign/`` folder;
-    write the manifest. ``experts=False``: ship the MTL models only (e.g. a set whose experts ship
+    write the manifest (a re-ship that finds the same models keeps the manifest as it is, with the command and
+    seconds of the run that trained them). ``experts=False``: ship the MTL models only (e.g. a set whose experts ship
     elsewhere). Returns the manifest. Folders and realignment files of other keys are removed."""
     from . import profiles, training
     from .checkpoints import sha256_file
@@ -148,9 +152,24 @@ def ship(profile_name: str = "cpu", sets: Sequence[str] = ("nyu3", "taskonomy5")
                 "seed": seed, "sets": list(sets), "foundation_key": exp.foundation_key, "data_key": exp.data_key,
                 "profile_config": profile.to_dict(), "models": models, "realign": realigned,
                 "wall_s": time.perf_counter() - t0}
+    manifest = json.loads(json.dumps(manifest, default=float))          # as it reads back from disk
+    path = manifest_path(profile.name, data_dir)
+    old = _read_manifest(path)
+    if old is not None and all(old.get(k) == v for k, v in manifest.items() if k not in ("command", "wall_s")):
+        log.info("%s already describes these models: kept as it is (its command and wall_s too)", path)
+        return old                 # a re-ship that only loaded: the manifest keeps the command that trained them
     from .atomic import write_text
-    write_text(manifest_path(profile.name, data_dir), json.dumps(manifest, indent=1, default=float))
+    write_text(path, json.dumps(manifest, indent=1))
     return manifest
+
+
+def _read_manifest(path: Path) -> dict | None:
+    """The manifest at ``path`` as a dict, or None where there is none or it is not valid JSON."""
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) else None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

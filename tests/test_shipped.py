@@ -213,3 +213,23 @@ def test_a_damaged_shipped_realignment_is_not_used(shipped_dir, tmp_path, monkey
     assert calls == [1] and record.steps == profiles.get("smoke").realign_steps
     assert "corrupt" in caplog.text and "loaded the shipped realign" not in caplog.text
     assert (tmp_path / "run" / "realign" / name).read_bytes() != b"not a checkpoint"
+
+
+def test_a_load_only_reship_keeps_the_manifest(shipped_dir, monkeypatch):
+    """Shipping the same models again (all loaded, nothing trained) leaves the manifest untouched: the
+    command and wall_s of the run that trained them stay, and the file is not rewritten."""
+    data_dir, m = shipped_dir
+    monkeypatch.setattr(training, "SHIPPED_DIR", data_dir)          # the new run finds them there, by key
+
+    def no_training(*a, **k):
+        raise AssertionError("trained although a shipped model matches")
+
+    monkeypatch.setattr(training, "fit", no_training)
+    path = shipped.manifest_path("smoke", data_dir)
+    before, mtime = path.read_text(), path.stat().st_mtime_ns
+    again = shipped.ship("smoke", sets=("depth,normals",), seed=0, mtl=True, run_dir=data_dir.parent / "ship-run-2",
+                         data_dir=data_dir, command="a second command", mtl_factors=(1, 2),
+                         realign=("depth,normals:ta+repr", "depth,normals:ta+lora:steps=3", "depth,normals:ta+head",
+                                  "depth,normals:zeroshot+head:steps=2:cached=0"))
+    assert path.read_text() == before and path.stat().st_mtime_ns == mtime
+    assert again["command"] == "test" and again["models"].keys() == m["models"].keys()
