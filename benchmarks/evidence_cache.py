@@ -11,9 +11,9 @@ names carry the key of everything upstream, so a copied file is used only where 
     python benchmarks/evidence_cache.py restore   # and back, never overwriting a file already in the run
     python benchmarks/evidence_cache.py add-rows SWEEP.json --rows mtl4x   # another sweep's rows into the tidy table
 
-``add-rows`` puts the tidy rows of ``--rows`` from another sweep's ``results.json`` (the "MTL 4x" row, which
-trains only for nyu3 at seed 0: ``make evidence-mtl4x``) into ``docs/evidence-cpu.json``, replacing the rows
-of those names already there.
+``add-rows`` puts the tidy rows of ``--rows`` from another sweep's ``results.json`` (the "MTL 4x" rows, which
+train only at seed 0: ``make evidence-mtl4x`` keeps that sweep's table in ``docs/evidence-mtl4x-cpu.json``)
+into ``docs/evidence-cpu.json``, replacing the rows of those names already there.
 """
 from __future__ import annotations
 
