@@ -605,10 +605,47 @@ def budgets_md(convergence_path: str | Path, realign_path: str | Path) -> list[s
     c = load_json(convergence_path)
     out += [convergence.markdown(c), ""] if isinstance(c, dict) and c.get("runs") else \
         [f"{NOT_RUN}: `{convergence_path}` (python -m benchmarks.convergence).", ""]
+    out += shipped_convergence_md()
     r = load_json(realign_path)
     out += [realign_curves.markdown(r), ""] if isinstance(r, dict) and r.get("sets") else \
         [f"{NOT_RUN}: `{realign_path}` (python -m benchmarks.realign_curves).", ""]
     return out
+
+
+CONVERGED_TAIL = 0.01          # a run has plateaued when its validation loss fell < 1 % over its last 20 % of steps
+SHIPPED_MANIFESTS = ("data/models-cpu.json", "data/evidence/seed-*/models-cpu.json",
+                     "data/evidence/mtl4x-seed-*/models-cpu.json")
+
+
+def shipped_convergence_md(patterns: Sequence[str] = SHIPPED_MANIFESTS, root: Path = REPO) -> list[str]:
+    """Every shipped model's convergence, read from the manifests ``simo_lite.shipped`` writes (``patterns``:
+    globs under ``root``): seed, model, total steps (linear probe + fine-tuning), the validation-loss fall over
+    the last 20 % of steps (``val_tail``, a fraction; positive: still falling) and whether it is under
+    :data:`CONVERGED_TAIL`, and the training wall-clock in s. "not run" when no manifest is found."""
+    rows, seen = [], set()
+    for pattern in patterns:
+        for path in sorted(root.glob(pattern)):
+            manifest = load_json(path)
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
+                continue
+            for entry in manifest["models"].values():
+                tail = entry.get("val_tail")
+                ident = (manifest.get("seed"), entry.get("name"), entry.get("key"))
+                if tail is None or ident in seen:
+                    continue
+                seen.add(ident)
+                rows.append([manifest.get("seed"), entry["name"], entry.get("steps", "–"), f"{100 * tail:+.2f} %",
+                             "yes" if tail < CONVERGED_TAIL else "**no**", f"{entry.get('wall_s', float('nan')):.0f}",
+                             path.relative_to(root).as_posix()])
+    out = ["Every shipped run (the course's seed 0 and the evidence seeds), from the models' manifests:", ""]
+    if not rows:
+        return out + [f"{NOT_RUN}: no manifest matches {', '.join(patterns)} (`make experts`, "
+                      "`make evidence-models`, `make evidence-mtl4x`).", ""]
+    rows.sort(key=lambda r: (r[0], str(r[1]), r[2] if isinstance(r[2], int) else 0))
+    n_ok = sum(r[4] == "yes" for r in rows)
+    return out + [md_table(["seed", "model", "steps", "val-loss fall, last 20 %", "converged (< 1 %)", "train s",
+                            "manifest"], rows), "",
+                  f"{n_ok} of {len(rows)} runs fell less than 1 % over their last 20 % of steps.", ""]
 
 
 def relationships_md(path: str | Path, paper_path: str | Path) -> list[str]:

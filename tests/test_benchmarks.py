@@ -373,6 +373,23 @@ def test_decodability_section_from_json_and_missing(tmp_path):
     assert "not run" in "\n".join(render_results.decodability_md(tmp_path / "none.json"))
 
 
+def test_shipped_convergence_lists_every_manifest_run(tmp_path):
+    def manifest(seed, models):
+        return {"seed": seed, "models": {f"{n}@{k}": {"name": n, "key": k, "steps": s, "wall_s": w, "val_tail": t}
+                                         for n, k, s, w, t in models}}
+    (tmp_path / "data" / "evidence" / "seed-1").mkdir(parents=True)
+    (tmp_path / "data" / "models-cpu.json").write_text(json.dumps(manifest(0, [
+        ("expert-seg", "aaa", 950, 1167.2, 0.0162), ("expert-texture_edges", "bbb", 950, 533.0, 0.0005)])))
+    (tmp_path / "data" / "evidence" / "seed-1" / "models-cpu.json").write_text(json.dumps(manifest(1, [
+        ("mtl-seg+depth+normals", "ccc", 3350, 4886.4, 0.0045)])))
+    text = "\n".join(render_results.shipped_convergence_md(root=tmp_path))
+    assert "| 0 | expert-seg | 950 | +1.62 % | **no** | 1167 | data/models-cpu.json |" in text
+    assert "| 0 | expert-texture_edges | 950 | +0.05 % | yes | 533 |" in text
+    assert "| 1 | mtl-seg+depth+normals | 3350 | +0.45 % | yes | 4886 | data/evidence/seed-1/models-cpu.json |" in text
+    assert "2 of 3 runs fell less than 1 %" in text
+    assert "not run" in "\n".join(render_results.shipped_convergence_md(root=tmp_path / "empty"))
+
+
 def test_write_section_writes_json_markdown_and_figure(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
