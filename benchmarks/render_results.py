@@ -400,12 +400,19 @@ def findings_table(items: list[dict]) -> str:
                       yes_no(i["paper_holds"]), f"**{i['verdict']}**"] for i in items])
 
 
+def sets_run(run: dict) -> list[str]:
+    """The task sets of :data:`TASK_SETS` (in its order) that have a results table in ``run``; every set when
+    none has one, so that a run with no results still says "not run" for each."""
+    have = [n for n in TASK_SETS if run["sets"].get(n) is not None]
+    return have or list(TASK_SETS)
+
+
 def comparison_table(run: dict, paper: dict | None) -> str:
     """Markdown table of Δm (ratio) per row: ours for every task set, each next to the paper's table it
     is set against ("not run" where a side has no numbers)."""
     cols, data = [], []
     paper_keys = paper_for_set(paper)
-    for set_name in TASK_SETS:
+    for set_name in sets_run(run):
         d = deltas_of(run["sets"].get(set_name))
         key = paper_keys.get(set_name)
         pd = paper_deltas(paper, key)
@@ -436,8 +443,11 @@ def reading_md(runs: list[dict], paper: dict | None) -> tuple[list[str], dict]:
     all_items = {}
     for run in runs:
         out += [f"### {run['profile']} profile (`{run['run_dir']}`)", "", comparison_table(run, paper), ""]
+        missing = [n for n in TASK_SETS if n not in sets_run(run)]
+        if missing:
+            out += [f"Task sets without a results table in this run, left out below: {', '.join(missing)}.", ""]
         items = []
-        for set_name in TASK_SETS:
+        for set_name in sets_run(run):
             d = deltas_of(run["sets"].get(set_name))
             pd = paper_deltas(paper, paper_keys.get(set_name))
             res = evaluate_claims(SINGLE_CLAIMS, None if d is None else (d,), None if pd is None else (pd,))
@@ -456,7 +466,7 @@ def reading_md(runs: list[dict], paper: dict | None) -> tuple[list[str], dict]:
         out += ["**More and more diverse tasks** (ours: nyu3 → taskonomy5; paper: Table 1 NYUv2 → Table 3 Taskonomy):",
                 "", findings_table(res), ""]
         pc = paper_costs(paper)
-        for set_name in TASK_SETS:
+        for set_name in sets_run(run):
             c = costs_of(run, set_name)
             res = evaluate_claims(COST_CLAIMS, None if c is None else (c,), None if pc is None else (pc,))
             for r in res:
