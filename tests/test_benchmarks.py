@@ -295,6 +295,9 @@ def test_render_from_synthetic_results(tmp_path, quick_bench):
         section = ours.split(f"### `{name}`")[1].split("### ")[0]
         assert "not run" not in section, name
     assert "table-seg+depth+normals+edges+albedo.json` not found" in ours   # a set without one
+    reading = doc.split("## Reading")[1].split("## Cost against joint MTL")[0]
+    assert "left out below: diverse5." in reading and "**diverse5** against" not in reading   # only sets run
+    assert "**nyu3** against" in reading and "**taskonomy5** against" in reading
     for heading in ("## Our results", "## Reading", "## Cost against joint MTL", "## Benchmarks",
                     "### Table 1", "### Table 2", "### Table 3", "### Table 4"):
         assert heading in doc, heading
@@ -342,9 +345,6 @@ def test_render_with_missing_inputs(tmp_path):
     # one per task set, and the go / no-go, the evidence and the two budget sections
     assert ours.count("not run") == len(TASK_SETS) + 4
     assert "python -m simo_lite.experiment --profile cpu --tasks nyu3" in ours
-    reading = doc.split("## Reading")[1].split("## Cost against joint MTL")[0]
-    assert "left out below: diverse5." in reading and "**diverse5** against" not in reading   # only sets run
-    assert "**nyu3** against" in reading and "**taskonomy5** against" in reading
     bench_part = doc.split("## Benchmarks")[1].split("## The paper's tables")[0]
     assert "not run" in bench_part and "make bench" in bench_part
     assert "### Table 1" in doc                                         # the paper's tables still render
