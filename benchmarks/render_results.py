@@ -443,11 +443,12 @@ def reading_md(runs: list[dict], paper: dict | None) -> tuple[list[str], dict]:
     all_items = {}
     for run in runs:
         out += [f"### {run['profile']} profile (`{run['run_dir']}`)", "", comparison_table(run, paper), ""]
-        missing = [n for n in TASK_SETS if n not in sets_run(run)]
+        shown = sets_run(run)
+        missing = [n for n in TASK_SETS if n not in shown]
         if missing:
             out += [f"Task sets without a results table in this run, left out below: {', '.join(missing)}.", ""]
         items = []
-        for set_name in sets_run(run):
+        for set_name in shown:
             d = deltas_of(run["sets"].get(set_name))
             pd = paper_deltas(paper, paper_keys.get(set_name))
             res = evaluate_claims(SINGLE_CLAIMS, None if d is None else (d,), None if pd is None else (pd,))
@@ -466,7 +467,7 @@ def reading_md(runs: list[dict], paper: dict | None) -> tuple[list[str], dict]:
         out += ["**More and more diverse tasks** (ours: nyu3 → taskonomy5; paper: Table 1 NYUv2 → Table 3 Taskonomy):",
                 "", findings_table(res), ""]
         pc = paper_costs(paper)
-        for set_name in sets_run(run):
+        for set_name in shown:
             c = costs_of(run, set_name)
             res = evaluate_claims(COST_CLAIMS, None if c is None else (c,), None if pc is None else (pc,))
             for r in res:
@@ -622,7 +623,6 @@ def budgets_md(convergence_path: str | Path, realign_path: str | Path) -> list[s
     return out
 
 
-CONVERGED_TAIL = 0.01          # a run has plateaued when its validation loss fell < 1 % over its last 20 % of steps
 SHIPPED_MANIFESTS = ("data/models-cpu.json", "data/evidence/seed-*/models-cpu.json",
                      "data/evidence/mtl4x-seed-*/models-cpu.json")
 
@@ -631,7 +631,8 @@ def shipped_convergence_md(patterns: Sequence[str] = SHIPPED_MANIFESTS, root: Pa
     """Every shipped model's convergence, read from the manifests ``simo_lite.shipped`` writes (``patterns``:
     globs under ``root``): seed, model, total steps (linear probe + fine-tuning), the validation-loss fall over
     the last 20 % of steps (``val_tail``, a fraction; positive: still falling) and whether it is under
-    :data:`CONVERGED_TAIL`, and the training wall-clock in s. "not run" when no manifest is found."""
+    ``benchmarks.convergence.THRESHOLD``, and the training wall-clock in s. "not run" when no manifest is found."""
+    from benchmarks.convergence import THRESHOLD
     rows, seen = [], set()
     for pattern in patterns:
         for path in sorted(root.glob(pattern)):
@@ -645,7 +646,7 @@ def shipped_convergence_md(patterns: Sequence[str] = SHIPPED_MANIFESTS, root: Pa
                     continue
                 seen.add(ident)
                 rows.append([manifest.get("seed"), entry["name"], entry.get("steps", "–"), f"{100 * tail:+.2f} %",
-                             "yes" if tail < CONVERGED_TAIL else "**no**", f"{entry.get('wall_s', float('nan')):.0f}",
+                             "yes" if tail < THRESHOLD else "**no**", f"{entry.get('wall_s', float('nan')):.0f}",
                              path.relative_to(root).as_posix()])
     out = ["Every shipped run (the course's seed 0 and the evidence seeds), from the models' manifests:", ""]
     if not rows:
