@@ -39,6 +39,7 @@ from simo_lite.classroom import cells as nbcells
 NOTEBOOKS = course.notebooks()
 SMOKE_BUDGET_S = 60
 CHECK_CALL = re.compile(r"checks\.(check_\w+)\((\w+)\)")
+READING_CALL = re.compile(r"checks\.check_reading\(\w+, ")          # a reading exercise (tests/test_readings.py)
 ANSWER_CALL = re.compile(r'checks\.answer\("(\d\d-q\d+)", (\w+)[,)]')
 
 
@@ -176,7 +177,8 @@ def test_notebook_has_exercises_and_questions(path):
     # 2-4 exercises after the "## Exercises" heading; the lesson's build cells (the learner writes the
     # mechanism where it is taught) are graded the same way but not counted
     start = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("## Exercises"))
-    tests_after = [c for c in nb.cells[start:] if nbcells.is_test(c) and CHECK_CALL.search(nbcells.split_hidden(c.source)[0])]
+    tests_after = [c for c in nb.cells[start:] if nbcells.is_test(c) and (CHECK_CALL.search(public := nbcells.split_hidden(c.source)[0])
+                                                                           or READING_CALL.search(public))]
     assert 2 <= len(tests_after) <= 4, f"{path.name}: {len(tests_after)} exercises after '## Exercises', expected 2-4"
     for check, fn, src in exercises:
         assert hasattr(checks, check), f"{path.name}: unknown check {check}"

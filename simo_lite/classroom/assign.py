@@ -14,7 +14,9 @@ every concept question against ``notebooks/questions.yaml`` (same text, same opt
 
 Validation runs the grader (:mod:`simo_lite.classroom.grade`, exercise cells only, each test cell's
 public check and hidden tests as two steps) on two submissions of every notebook, one after the other
-in one kernel per notebook (half the start-up time):
+in one kernel per notebook (half the start-up time). A notebook with reading exercises (its graded
+cells read the run's numbers with ``checks.run_results``) runs whole instead, lesson included, in the
+smoke profile and a temporary run folder, so those exercises have a run to read:
 
 (a) the source notebook itself: every test cell must pass and no cell may raise;
 (b) its release copy: every test cell must fail, in its hidden tests only: the stubs, the exercise
@@ -27,8 +29,11 @@ run is never overwritten: the command names each such file and why and exits wit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -124,13 +129,17 @@ def validate(only: Iterable[str | int] | None = None, out_dir: str | Path = RELE
     :class:`AssignmentError` listing every problem."""
     import copy as _copy
 
-    from .cells import is_solution, nbgrader
+    from .cells import is_solution, nbgrader, results_read
     from .grade import Options, Submission, run_many
     out_dir = Path(out_dir)
     books = _books(only, source_dir)
     jobs = jobs or min(2, os.cpu_count() or 1)
     opts = Options(source_dir=Path(source_dir) if source_dir else NOTEBOOK_DIR, split_hidden=True,
                    cell_timeout=cell_timeout, timeout=max(300.0, 4 * cell_timeout))
+    # a notebook whose exercises read the run's results (checks.run_results) runs whole, lesson included, in
+    # one smoke run folder of its own validation, so its reading exercises have this run's numbers to read
+    run_opts = dataclasses.replace(opts, scope="notebook", run_dir=tempfile.mkdtemp(prefix="simo-lite-validate-"),
+                                   timeout=max(opts.timeout, 900.0))
     tasks, problems = [], []
     for path in books:
         copy = out_dir / path.name
@@ -152,9 +161,13 @@ def validate(only: Iterable[str | int] | None = None, out_dir: str | Path = RELE
                         twin.source = stubs.get(grade_id(c), "")
                     nb.cells.append(twin)
         both.metadata.setdefault("simo_lite", {})["name"] = path.name
-        tasks.append((Submission("validation", path.name, submitted, str(copy), source=both), opts))
+        tasks.append((Submission("validation", path.name, submitted, str(copy), source=both),
+                      run_opts if results_read(source) else opts))
     t0 = time.perf_counter()
-    results = run_many(tasks, jobs=jobs, progress=progress, desc="validating")
+    try:
+        results = run_many(tasks, jobs=jobs, progress=progress, desc="validating")
+    finally:
+        shutil.rmtree(run_opts.run_dir, ignore_errors=True)
     rows = []
     for path, result in zip(books, results):
         name = path.name

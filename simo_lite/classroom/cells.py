@@ -29,10 +29,12 @@ if TYPE_CHECKING:
 
 __all__ = ["SCHEMA_VERSION", "HIDDEN_BEGIN", "HIDDEN_END", "HiddenTestError", "nbgrader", "grade_id",
            "is_solution", "is_test", "is_locked", "is_graded_cell", "points", "solution_meta", "test_meta",
-           "locked_meta", "split_hidden", "strip_hidden", "check_notebook", "test_cells", "solution_cells"]
+           "locked_meta", "split_hidden", "strip_hidden", "check_notebook", "test_cells", "solution_cells",
+           "results_read"]
 
 SCHEMA_VERSION = 3
 HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+_RUN_RESULTS = re.compile(r"""checks\.run_results\(\s*["']([\w\-]+)["']""")
 _GRADE_ID = re.compile(r"^[A-Za-z0-9_\-]+$")          # what nbgrader accepts in a grade id
 # nbgrader finds its delimiters anywhere in a line; ours must be alone on theirs, so both tools agree
 _NBGRADER_WORDS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
@@ -143,6 +145,13 @@ def test_cells(nb: nbformat.NotebookNode) -> list:
 def solution_cells(nb: nbformat.NotebookNode) -> list:
     """The notebook's solution cells, in order."""
     return [c for c in nb.cells if is_solution(c)]
+
+
+def results_read(nb: nbformat.NotebookNode) -> list[str]:
+    """The results files (``<run_dir>/results/<name>.json``, by name) that the notebook's graded cells
+    read with ``checks.run_results``: its reading exercises, which grade against the run's numbers."""
+    return list(dict.fromkeys(m.group(1) for c in nb.cells if c.cell_type == "code" and is_graded_cell(c)
+                              for m in _RUN_RESULTS.finditer(c.source)))
 
 
 def check_notebook(nb: nbformat.NotebookNode, name: str = "notebook") -> list[str]:

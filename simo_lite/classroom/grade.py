@@ -27,7 +27,12 @@ The parameters cell is followed by an injected one (``profile``, ``seed``, ``sho
 ``run_dir``) and a cell seeding ``random``, numpy and torch. ``--scope exercises`` (the default) runs
 only the parameters and the nbgrader cells (imports, solutions, tests: seconds per notebook, any
 profile); ``--scope notebook`` runs the whole rebuilt notebook in ``--profile`` (smoke by default;
-the lesson cells then run too, in a run directory shared by the batch, ``--run-dir``).
+the lesson cells then run too, in a run directory shared by the batch, ``--run-dir``). Reading
+exercises (05 and 07: the student interprets numbers of the run, checked within a range) read the
+run's saved results (``checks.run_results``); under ``--scope exercises`` these come from the
+grader's run of the same ``--profile`` and ``--seed`` (``runs/<profile>-<seed>``, made once with
+``make course PROFILE=...``, or ``--run-dir``), which on a CPU has the students' numbers; the grader
+warns before it starts when that run is missing.
 
 Each submission runs in its own Jupyter kernel of this Python (the project's environment) with
 ``PYTHONHASHSEED``, ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` fixed (``--threads``), a per-cell
@@ -71,7 +76,7 @@ import nbformat
 from .cells import grade_id, is_graded_cell, is_solution, is_test, points, split_hidden
 from .student import NOTEBOOK_DIR, REPO, strip_solutions
 
-__all__ = ["Options", "Submission", "discover", "rebuild", "grade_notebook", "grade", "main",
+__all__ = ["Options", "Submission", "discover", "rebuild", "grade_notebook", "grade", "main", "missing_run_results",
            "DEFAULT_CELL_TIMEOUT_S", "DEFAULT_TIMEOUT_S", "SCOPES"]
 
 DEFAULT_CELL_TIMEOUT_S = 120        # torch on a CPU: the slowest check builds a small ViT with PEFT
@@ -741,6 +746,25 @@ def write_feedback(results: list[dict], out: Path) -> list[Path]:
     return written
 
 
+def missing_run_results(notebooks: Iterable[str], opts: Options) -> list[tuple[str, Path]]:
+    """(notebook, results file) for each results file that a notebook's reading exercises read
+    (``checks.run_results``) and that is missing from the run the grader's exercise cells will see: the
+    run folder of ``opts.profile`` and ``opts.seed`` (``runs/<profile>-<seed>``), or ``opts.run_dir``.
+    Always empty under ``--scope notebook``, which runs the lesson and writes them."""
+    from .cells import results_read
+    from .course import default_run_dir
+    if opts.scope == "notebook":
+        return []
+    folder = Path(opts.run_dir) if opts.run_dir else default_run_dir(opts.profile, opts.seed)
+    out = []
+    for name in notebooks:
+        source = Path(opts.source_dir) / name
+        if source.is_file():
+            out += [(name, folder / "results" / f"{r}.json") for r in results_read(nbformat.read(source, as_version=4))
+                    if not (folder / "results" / f"{r}.json").is_file()]
+    return out
+
+
 def grade(submissions: str | Path, out: str | Path | None = None, jobs: int = 1, progress: bool | None = None,
           feedback: bool = True, only: Iterable[str | int] | None = None, quiet: bool = False,
           **options: Any) -> dict:
@@ -768,6 +792,11 @@ def grade(submissions: str | Path, out: str | Path | None = None, jobs: int = 1,
         raise FileNotFoundError(f"{root}: no submission of a course notebook found"
                                 + (f" ({len(problems)} file(s) skipped: see below)" if problems else "")
                                 + "".join(f"\n  {p['line']}: {p['message']}" for p in problems))
+    missing = missing_run_results(sorted({s.notebook for s in subs}), opts)
+    if missing and not quiet:
+        print("warning: these reading exercises grade against a run's numbers that are not there, so they will "
+              "score 0 (make the run first: `make course PROFILE=...`, or pass --run-dir, or --scope notebook):\n"
+              + "\n".join(f"  {nb}: {path}" for nb, path in missing))
     results = run_many([(s, opts) for s in subs], jobs=jobs, progress=progress)
     write_grades(results, out, opts.source_dir)
     write_failures(results, problems, out)

@@ -14,8 +14,9 @@ marker's indentation, ``raise NotImplementedError("exercise: implement `linear_c
 signature and docstring (outside the markers) stay. The public check in the test cell below
 (``simo_lite.checks``) catches the ``NotImplementedError`` and prints "not implemented yet", so the
 student notebook runs to the end. A solution block at the top level of a cell (an answer to a concept
-question) may only assign names; each becomes ``name = None``, which ``checks.answer`` reports as
-"not answered yet". Text after ``# BEGIN SOLUTION`` (e.g. ``# BEGIN SOLUTION: hint``) replaces the
+question, a reading of the run) may only assign names; each becomes ``name = None``, which
+``checks.answer`` and ``checks.check_reading`` report as "not answered yet" (names that start with ``_``,
+working values, are dropped). Text after ``# BEGIN SOLUTION`` (e.g. ``# BEGIN SOLUTION: hint``) replaces the
 default message.
 
 The copies also lose every hidden test (the lines from ``### BEGIN HIDDEN TESTS`` to
@@ -153,7 +154,7 @@ def _top_level_replacement(block: list[str], where: str) -> list[str]:
         if not (isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets)):
             raise SolutionMarkerError(f"{where}: a solution block at the top level of a cell may only assign names "
                                       f"(an answer such as `answer_q1 = \"b\"`); put code inside a function")
-        names += [t.id for t in stmt.targets]
+        names += [t.id for t in stmt.targets if not t.id.startswith("_")]   # _name: a working value, no answer
     return [f"{n} = None  # exercise: your answer" for n in dict.fromkeys(names)]
 
 

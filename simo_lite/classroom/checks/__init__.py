@@ -19,6 +19,10 @@ These are the *public* checks, the same in every copy of a notebook. Each exerci
 source notebook adds hidden tests (other inputs, edge cases) that release and student copies leave
 out and the grader restores (``simo_lite.classroom.grade``).
 
+Reading exercises (the learner interprets a number of their own run): :func:`run_results` loads the
+run's saved results, :func:`check_reading` checks the answer's form, the hidden tests its value with
+:func:`within` (``simo_lite.classroom.checks.readings``).
+
 Concept questions: :func:`answer` checks that an answer is one of the options; the right answer is
 not in this package (it is in the source notebook's hidden test, see ``simo_lite.classroom.questions``).
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..questions import answer, question, questions
+from .readings import ReadingError, check_reading, run_results, within
 from .nb00 import *  # noqa: F401,F403
 from .nb01 import *  # noqa: F401,F403
 from .nb02 import *  # noqa: F401,F403
@@ -50,7 +55,8 @@ CHECKS: dict[str, Callable] = {n[len("check_"):]: getattr(m, n) for m in _BY_NOT
 NOTEBOOK_OF: dict[str, str] = {n[len("check_"):]: nn for nn, m in _BY_NOTEBOOK.items() for n in m.__all__}
 """The notebook number ("03") of every exercise name."""
 
-__all__ = ["answer", "question", "questions", "CHECKS", "NOTEBOOK_OF",
+__all__ = ["answer", "question", "questions", "CHECKS", "NOTEBOOK_OF", "run_results", "check_reading", "within",
+           "ReadingError",
            *[n for m in _BY_NOTEBOOK.values() for n in m.__all__]]
 
 

@@ -1,5 +1,6 @@
 """The checks of notebook 05 (Head realignment): ``check_reestimate_bn`` and ``check_refit_head`` (built in
-the lesson), ``check_explained_share`` and ``check_one_head_metric`` (the exercises).
+the lesson), ``check_one_head_metric`` (an exercise; the notebook's other exercise, a reading of the run, uses
+``checks.check_reading``).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from ._core import _Wrong, _call, _number, _run, _step_losses, _tensor
 
-__all__ = ["check_reestimate_bn", "check_refit_head", "check_explained_share", "check_one_head_metric"]
+__all__ = ["check_reestimate_bn", "check_refit_head", "check_one_head_metric"]
 
 
 def _tiny(head: str = "linear", tasks=("seg", "depth"), n: int = 8, seed: int = 0, embed_dim: int = 8,
@@ -126,44 +127,6 @@ def check_refit_head(fn: Callable, strict: bool = False) -> bool:
                 if p.is_floating_point():
                     _tensor(p, q, f"the trained head's {name}", case, atol=1e-4, rtol=1e-3)
     return _run("head refit on cached features", fn, body, strict)
-
-
-_SHARE_CASES = [
-    ("BN recovers half of the gain", (-0.20, -0.15, -0.10), 0.5),
-    ("BN recovers nothing", (-0.30, -0.30, -0.05), 0.0),
-    ("BN makes things worse", (-0.10, -0.14, 0.02), -1 / 3),
-    ("BN overshoots head realignment", (-0.10, -0.02, -0.06), 2.0),
-    ("head realignment gains only 0.5 points: noise", (-0.100, -0.050, -0.095), None),
-    ("head realignment loses 0.4 points: noise", (0.010, 0.020, 0.006), None),
-]
-
-
-def check_explained_share(fn: Callable, strict: bool = False) -> bool:
-    """``fn(dm_merged, dm_bn, dm_head, noise=0.01) -> float or None``: the share of head realignment's
-    Δm gain that BN re-estimation alone brings, (dm_bn − dm_merged) / (dm_head − dm_merged); None when
-    head realignment's gain is within ``noise`` (|dm_head − dm_merged| < noise), a share of noise
-    being meaningless. Compared with that formula on hand-made cases.
-    """
-    def body(fn):
-        for case, args, expected in _SHARE_CASES:
-            got = _call(fn, case, *args)
-            if expected is None:
-                if got is not None:
-                    raise _Wrong(f"got {got!r}, expected None: a gain of {100 * (args[2] - args[0]):+.1f} points is "
-                                 f"within the noise of 1 point, so there is no share to compute ({case})")
-                continue
-            if got is None:
-                raise _Wrong(f"got None, but head realignment gains {100 * (args[2] - args[0]):+.1f} points, more "
-                             f"than the noise ({case})")
-            if isinstance(got, (int, float)) and not isinstance(got, bool) and expected != 0 \
-                    and math.isclose(got, 100 * expected):
-                raise _Wrong(f"got {got:.4g}: return a fraction (0.5 for half), not a percentage ({case})")
-            _number(got, expected, "the share", case)
-        got = _call(fn, "noise = 0.001", -0.100, -0.050, -0.095, 0.001)
-        if got is None:
-            raise _Wrong("with noise=0.001 a gain of 0.5 points is no longer within the noise: use the `noise` argument")
-        _number(got, 10.0, "the share", "noise = 0.001, a 0.5-point gain")
-    return _run("share of the gain explained by BN re-estimation", fn, body, strict)
 
 
 def check_one_head_metric(fn: Callable, strict: bool = False) -> bool:

@@ -1,5 +1,5 @@
 """The checks of notebook 07 (Joint MTL): ``check_mtl_loss``, ``check_joint_steps``,
-``check_gain_per_k_samples``, ``check_task_steps``.
+``check_task_steps`` (the notebook's reading exercise uses ``checks.check_reading``).
 
 The training checks use the tiny SIMO model of notebook 02's checks (smoke-profile encoder, linear
 heads for seg, depth and normals, random images and labels): well under a second each on a CPU.
@@ -15,7 +15,7 @@ import torch
 from ._core import _Wrong, _call, _number, _run, _state_dict, _tensor, _gen
 from .nb02 import _task_loss, _tiny
 
-__all__ = ["check_mtl_loss", "check_joint_steps", "check_gain_per_k_samples", "check_task_steps"]
+__all__ = ["check_mtl_loss", "check_joint_steps", "check_task_steps"]
 
 _TASKS = ("seg", "depth", "normals")
 
@@ -119,23 +119,6 @@ def check_joint_steps(fn: Callable, strict: bool = False) -> bool:
                         {k: v for k, v in ref.state_dict().items() if v.is_floating_point()},
                         "the trained weights", case, atol=1e-5, rtol=1e-4)
     return _run("joint training steps", fn, body, strict)
-
-
-def check_gain_per_k_samples(fn: Callable, strict: bool = False) -> bool:
-    """``fn(delta_fix, delta_merge, samples) -> float``: what a fix adds to the merge's Δm, in percentage
-    points per 1,000 training images it saw, 1000 · 100 · (Δm_fix − Δm_merge) / samples (Δm as
-    fractions; NaN when ``samples`` is 0). The formula is written here (no package function)."""
-    def body(fn):
-        for d_fix, d_merge, samples in ((-0.054, -0.275, 28_800), (0.02, -0.1, 6_400), (-0.3, -0.2, 1_000),
-                                        (0.1, 0.1, 500), (0.05, -0.05, 0)):
-            case = f"delta_fix={d_fix}, delta_merge={d_merge}, samples={samples}"
-            expected = 1e5 * (d_fix - d_merge) / samples if samples else float("nan")
-            got = _call(fn, case, d_fix, d_merge, samples)
-            if samples and isinstance(got, (int, float)) and not isinstance(got, bool) and expected and \
-                    math.isclose(float(got), expected / 100, rel_tol=1e-9):
-                raise _Wrong(f"got {got:.4g}: give percentage points (Δm 0.01 = 1 pp), not fractions ({case})")
-            _number(got, expected, "the gain per 1,000 samples", case)
-    return _run("Δm gain per 1,000 samples", fn, body, strict)
 
 
 def check_task_steps(fn: Callable, strict: bool = False) -> bool:
