@@ -332,6 +332,34 @@ class Experiment:
             metrics[t] = self.evaluate(best[2], "test", (t,))[t]
         return metrics, chosen
 
+    # -- predictions --------------------------------------------------------------------------
+    def method_predictions(self, merge_method: str, fixes: Sequence[str] = ("head", "repr"), index: int = 0,
+                           split: str = "test") -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+        """Every method on one image: ``(image, rows)``, the ``index``-th image of ``split`` ((3, H, W), on
+        the CPU) and ``rows = {row: {task: map}}`` in label space (``Task.predict``, e.g. (H, W) class ids,
+        (1, H, W) depth, (3, H, W) normals), in this order: ``"target"`` (the split's labels),
+        ``"experts"`` (each task by its own expert), ``"MTL"``, ``"<merge_method> (α* = a)"`` (the merge at
+        its validation-selected alpha, with the experts' heads) and ``"<merge_method>+<fix>"`` for each
+        of ``fixes`` (names in ``fixes.FIXES``) applied to that merge. Every model comes from the store
+        when it is there (:meth:`expert`, :meth:`mtl`, :meth:`fix`). The rows of
+        :func:`simo_lite.plots.methods_prediction_grid`."""
+        data = self.data[split]
+        image = data["image"][index:index + 1].to(self.device)                  # (1, 3, H, W)
+
+        def predict(model: SimoModel, tasks: Sequence[str] = self.tasks) -> dict[str, torch.Tensor]:
+            with torch.no_grad():
+                out = model.to(self.device).eval()(image)
+            return {t: get_task(t).predict(out[t])[0].cpu() for t in tasks}
+
+        merged, alpha, _ = self.merged_model(merge_method)
+        rows = {"target": {t: data[t][index] for t in self.tasks},
+                "experts": {t: predict(self.expert(t)[0], (t,))[t] for t in self.tasks},
+                "MTL": predict(self.mtl()[0]),
+                f"{merge_method} (α* = {alpha:g})": predict(merged)}
+        for fix in fixes:
+            rows[f"{merge_method}+{fix}"] = predict(self.fix(fix, merged)[0])
+        return data["image"][index].cpu(), rows
+
     # -- diagnostics --------------------------------------------------------------------------
     def feature_drift(self, encoder_state: dict, split: str = "val", n: int = 128) -> list[dict]:
         """Rows (task, layer, mean_shift, std_ratio, norm_ratio, cka, cosine): the features of

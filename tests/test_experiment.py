@@ -114,6 +114,31 @@ def test_head_realigned_is_the_direct_call_on_the_first_val_images(exp):
     assert exp.score(exp.evaluate(new, "val"), split="val") == exp.score(exp.evaluate(ref, "val"), split="val")
 
 
+def test_method_predictions_are_each_methods_maps_on_one_image(exp):
+    """The rows of the all-methods prediction grid (07, 08): the labels, each expert on its own task, MTL,
+    the merge at alpha* and the fixes on it, each equal to predicting with that model directly."""
+    import torch
+
+    from simo_lite.tasks import get_task
+    image, rows = exp.method_predictions("ta", fixes=("head",), index=1)
+    test = exp.data["test"]
+    assert torch.equal(image, test["image"][1])
+    _, alpha, _ = exp.merged_model("ta")
+    assert list(rows) == ["target", "experts", "MTL", f"ta (α* = {alpha:g})", "ta+head"]
+    assert all(set(r) == set(exp.tasks) for r in rows.values())
+
+    def direct(model, t):
+        with torch.no_grad():
+            return get_task(t).predict(model.eval()(test["image"][1:2].to(exp.device))[t])[0].cpu()
+
+    for t in exp.tasks:
+        assert torch.equal(rows["target"][t], test[t][1])
+        assert torch.equal(rows["experts"][t], direct(exp.expert(t)[0], t))
+        assert torch.equal(rows["MTL"][t], direct(exp.mtl()[0], t))
+        assert torch.equal(rows["ta+head"][t], direct(exp.fix("head", exp.merged_model("ta")[0])[0], t))
+        assert rows["target"][t].shape[-2:] == image.shape[-2:] == rows["MTL"][t].shape[-2:]
+
+
 # ------------------------------------------------------------------------------------------------
 # a lazy Experiment: nothing is loaded, trained or written until asked for
 # ------------------------------------------------------------------------------------------------

@@ -185,3 +185,28 @@ def test_grader_names_the_missing_run(tmp_path):
     _write(tmp_path, "05_head_realignment", {"profile": "smoke", "seed": 0})
     assert missing_run_results(names, opts) == []
     assert missing_run_results(names, Options(scope="notebook", run_dir=str(tmp_path / "none"))) == []
+
+
+def test_grader_grades_a_typed_in_reading_against_the_run(tmp_path):
+    """Exercise cells only (the default scope), no lesson: the reading exercise of 07 is graded against the
+    results file of the run the grader is pointed at; a missing run fails the cell that loads it, and
+    with it only the reading exercise."""
+    from simo_lite.classroom.grade import grade_notebook
+
+    source = NOTEBOOKS["07"]
+    release = student.make_student(nbformat.read(source, as_version=4), source.name, kind="release")[0]
+    run, right, _ = CASES["07"][0][:3]
+    answer = next(c for c in release.cells if nbcells.grade_id(c) == "07-efficient_fix-solution")
+    answer.source = "\n".join(f"{k} = {v!r}" for k, v in right.items())
+    _write(tmp_path / "run", "07_joint_mtl", {"profile": "smoke", "seed": 0, **run})
+    ok = grade_notebook(source, release, Options(profile="smoke", run_dir=str(tmp_path / "run")), student="ann")
+    passed = {t["grade_id"]: t["passed"] for t in ok["tests"]}
+    assert passed["07-efficient_fix"] is True, ok["failures"]
+    answer.source = answer.source.replace('"ta+head"', '"ta+repr"').replace("'ta+head'", "'ta+repr'")
+    wrong = grade_notebook(source, release, Options(profile="smoke", run_dir=str(tmp_path / "run")), student="bo")
+    fails = {f["grade_id"]: f["message"] for f in wrong["failures"]}
+    assert "does not have the largest gain" in fails["07-efficient_fix"]
+    none = grade_notebook(source, release, Options(profile="smoke", run_dir=str(tmp_path / "empty")), student="cy")
+    fails = {f["grade_id"]: (f["exception"], f["message"]) for f in none["failures"]}
+    assert fails["07-run-results"][0] == "ReadingError" and "does not exist" in fails["07-run-results"][1]
+    assert {t["grade_id"]: t["passed"] for t in none["tests"]} == {**passed, "07-efficient_fix": False}

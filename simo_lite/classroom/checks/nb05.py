@@ -5,7 +5,6 @@ the lesson), ``check_one_head_metric`` (an exercise; the notebook's other exerci
 from __future__ import annotations
 
 import copy
-import math
 from typing import Callable
 
 import torch
