@@ -123,6 +123,30 @@ CASES = {
         (_dm(-0.100, -0.095, -0.091), {"head_gain_points": 0.9, "bn_share": "noise"},   # near the noise line:
          [{"bn_share": 0.9}], [{"head_gain_points": 1.05, "bn_share": 0.5}]),          # a rounded number too
     ],
+    "06": [
+        ({"budget_steps": {"50": {"ratio": -0.20}, "100": {"ratio": -0.12}, "200": {"ratio": -0.05}}},
+         {"last_change_points": 7.0, "verdict": "rising"},
+         [{"last_change_points": 15.0}, {"last_change_points": 0.07}, {"verdict": "flat"}, {"verdict": "falling"}]),
+        ({"budget_steps": {"200": {"ratio": -0.080}, "25": {"ratio": -0.30}, "100": {"ratio": -0.075}}},   # any order
+         {"last_change_points": -0.5, "verdict": "flat"},
+         [{"verdict": "falling"}, {"last_change_points": 0.5}]),
+        ({"budget_steps": {"100": {"ratio": -0.050}, "200": {"ratio": -0.061}}},        # -1.1 points: at the line
+         {"last_change_points": -1.1, "verdict": "falling"},
+         [{"verdict": "rising"}, {"last_change_points": -2.0}], [{"last_change_points": -1.0, "verdict": "flat"}]),
+    ],
+    "08": [
+        ({"merge_combinations_mean": {"1": 1.0, "2": 0.49, "3": 0.45, "4": 0.45, "5": 0.46},
+          "paper_fig1": {"SIMO": [1.0, 0.39, 0.22, 0.18, 0.15], "SISO": [1.0, 0.9, 0.87, 0.87, 0.83, 0.81, 0.83, 0.82]}},
+         {"retention": 0.46 ** 0.25, "loses_less_than_paper": True},
+         [{"retention": 0.46}, {"retention": 0.46 ** 0.25 - 0.05}, {"loses_less_than_paper": False}]),
+        ({"merge_combinations_mean": {"3": 0.2, "1": 0.9, "2": 0.5},                    # any order, a steep fall
+          "paper_fig1": {"SIMO": [1.0, 0.39, 0.22, 0.18, 0.15]}},
+         {"retention": (0.2 / 0.9) ** 0.5, "loses_less_than_paper": False},
+         [{"loses_less_than_paper": True}, {"retention": 0.2 / 0.9}]),
+        ({"merge_combinations_mean": {"1": 1.0, "5": 0.155}, "paper_fig1": {"SIMO": [1.0, 0.39, 0.22, 0.18, 0.15]}},
+         {"retention": 0.155 ** 0.25, "loses_less_than_paper": True},                   # equal to the paper's, in rounding
+         [{"retention": 0.5}], [{"retention": 0.155 ** 0.25, "loses_less_than_paper": False}]),
+    ],
     "07": [
         (_mtl_run({"ta": -0.30, "ta+head": -0.10, "ta+repr": -0.05, "ta+lora": -0.08, "mtl": -0.02, "experts": 0.0},
                   {"ta+head": 10_000, "ta+repr": 40_000, "ta+lora": 40_000}),
@@ -167,8 +191,8 @@ def test_reading_answer_key(nn, gid, solution, test, capsys):
 def test_reading_exercises_follow_the_results_they_read():
     """Each notebook with reading exercises saves its results before the cell that loads them, and both
     notebooks the course says have them do."""
-    assert sorted({nn for nn, *_ in READINGS}) == ["05", "07"]
-    for nn in ("05", "07"):
+    assert sorted({nn for nn, *_ in READINGS}) == ["05", "06", "07", "08"]
+    for nn in ("05", "06", "07", "08"):
         nb = nbformat.read(NOTEBOOKS[nn], as_version=4)
         name = NOTEBOOKS[nn].stem
         assert nbcells.results_read(nb) == [name]

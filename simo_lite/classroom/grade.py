@@ -28,7 +28,7 @@ The parameters cell is followed by an injected one (``profile``, ``seed``, ``sho
 only the parameters and the nbgrader cells (imports, solutions, tests: seconds per notebook, any
 profile); ``--scope notebook`` runs the whole rebuilt notebook in ``--profile`` (smoke by default;
 the lesson cells then run too, in a run directory shared by the batch, ``--run-dir``). Reading
-exercises (05 and 07: the student interprets numbers of the run, checked within a range) read the
+exercises (Exercise 1 of 05-08: the student interprets numbers of the run, checked within a range) read the
 run's saved results (``checks.run_results``); under ``--scope exercises`` these come from the
 grader's run of the same ``--profile`` and ``--seed`` (``runs/<profile>-<seed>``, made once with
 ``make course PROFILE=...``, or ``--run-dir``), which on a CPU has the students' numbers; the grader

@@ -1,5 +1,5 @@
 """The checks of notebook 06 (Representation realignment): ``check_block_adapter`` and ``check_adapter_steps``
-(built in the lesson), ``check_steps_verdict`` and ``check_adapters_only`` (the exercises)."""
+(built in the lesson), ``check_adapters_only`` (an exercise; the reading exercise uses ``checks.check_reading``)."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,7 @@ import torch
 from ._core import _Wrong, _call, _gen, _run, _step_losses, _tensor
 from .nb05 import _tiny
 
-__all__ = ["check_block_adapter", "check_adapter_steps", "check_steps_verdict", "check_adapters_only"]
+__all__ = ["check_block_adapter", "check_adapter_steps", "check_adapters_only"]
 
 
 def check_block_adapter(fn: Callable, strict: bool = False) -> bool:
@@ -111,35 +111,6 @@ def check_adapter_steps(fn: Callable, strict: bool = False) -> bool:
                 if p.is_floating_point():
                     _tensor(p, want[name], f"the trained model's {name}", case, atol=1e-4, rtol=1e-3)
     return _run("joint training loop of adapters and heads", fn, body, strict)
-
-
-_VERDICT_CASES = [
-    ("still rising", {50: -0.20, 100: -0.12, 200: -0.05}, "rising"),
-    ("flat at the end", {50: -0.20, 100: -0.10, 200: -0.095}, "flat"),
-    ("falling at the end", {100: -0.05, 200: -0.08}, "falling"),
-    ("steps given out of order", {200: -0.08, 25: -0.30, 100: -0.10}, "rising"),
-    ("a rise of 0.9 points is noise", {3: 0.100, 6: 0.109}, "flat"),
-]
-
-
-def check_steps_verdict(fn: Callable, strict: bool = False) -> bool:
-    """``fn(dm_by_steps, noise=0.01) -> str``: "rising", "falling" or "flat", comparing Δm at the two
-    largest step budgets of ``{steps: Δm}`` (fractions): "flat" when they differ by less than ``noise``.
-    Compared with that rule on hand-made curves.
-    """
-    def body(fn):
-        for case, curve, expected in _VERDICT_CASES:
-            got = _call(fn, case, dict(curve))
-            if not isinstance(got, str):
-                raise _Wrong(f"return one of the strings 'rising', 'falling', 'flat', got {type(got).__name__} ({case})")
-            if got != expected:
-                last = sorted(curve)[-2:]
-                raise _Wrong(f"got {got!r}, expected {expected!r}: from {last[0]} to {last[1]} steps Δm moves "
-                             f"{100 * (curve[last[1]] - curve[last[0]]):+.1f} points, noise 1 point ({case})")
-        got = _call(fn, "noise = 0.001", {3: 0.100, 6: 0.109}, 0.001)
-        if got != "rising":
-            raise _Wrong(f"with noise=0.001 a rise of 0.9 points is a rise: got {got!r}; use the `noise` argument")
-    return _run("reading the steps curve", fn, body, strict)
 
 
 def check_adapters_only(fn: Callable, strict: bool = False) -> bool:

@@ -3,7 +3,7 @@
 The lesson: ``check_lambda_probe`` (the paper's probe θ₀ + λ τ_p, compared with
 ``simo_lite.merging.task_arithmetic`` on one task vector) and ``check_learn_coefficients`` (the training
 loop of the per-layer coefficients, compared with ``simo_lite.coefficients.learn_layer_coefficients``).
-The exercises: ``check_retention_per_task``, ``check_taskwise_merge``.
+The exercises: ``check_taskwise_merge`` (the notebook's reading exercise uses ``checks.check_reading``).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from ._core import _Wrong, _call, _gen, _run, _number, _state_dict, _tensor, _toy_state, _toy_tvs
 
-__all__ = ["check_lambda_probe", "check_learn_coefficients", "check_retention_per_task", "check_taskwise_merge"]
+__all__ = ["check_lambda_probe", "check_learn_coefficients", "check_taskwise_merge"]
 
 
 def check_lambda_probe(fn: Callable, strict: bool = False) -> bool:
@@ -52,28 +52,6 @@ def check_lambda_probe(fn: Callable, strict: bool = False) -> bool:
                 _number(got[lam][t], v, f"score {t!r} at lam={lam}", case)
         _state_dict(theta_0, before, "theta_0 after the probe (it must not change)", case)
     return _run("the lambda probe", fn, body, strict)
-
-
-def _retention(curve: dict) -> float:
-    """rho with n(k_max) = n(k_min) * rho ** (k_max - k_min)."""
-    lo, hi = min(curve), max(curve)
-    return (curve[hi] / curve[lo]) ** (1 / (hi - lo))
-
-
-def check_retention_per_task(fn: Callable, strict: bool = False) -> bool:
-    """``fn(curve) -> float``: the factor ρ per added task that fits the end points of a curve {k: mean
-    normalised performance}, n(k_max) = n(k_min) ρ^(k_max − k_min).
-
-    No package counterpart; the reference is that formula, ρ = (n(k_max) / n(k_min))^(1 / (k_max − k_min)).
-    """
-    def body(fn):
-        cases = [("the paper's Taskonomy curve", {1: 1.0, 2: 0.39, 3: 0.22, 4: 0.18, 5: 0.15}),
-                 ("a curve from k=2 to k=4", {2: 0.8, 3: 0.5, 4: 0.2}),
-                 ("a flat curve", {1: 0.9, 2: 0.9}),
-                 ("a curve listed out of order", {3: 0.3, 1: 1.0, 2: 0.6})]
-        for case, curve in cases:
-            _number(_call(fn, case, dict(curve)), _retention(curve), "rho", case, atol=1e-9)
-    return _run("retention per added task", fn, body, strict)
 
 
 def check_taskwise_merge(fn: Callable, strict: bool = False) -> bool:
