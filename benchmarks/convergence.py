@@ -21,8 +21,9 @@ SETS = ("nyu3", "taskonomy5")
 
 def run(profile: str = "cpu", budgets: Sequence[int] = (400,), sets: Sequence[str] = SETS, seed: int = 0,
         invariance_steps: int = 1000, mtl: bool = True, run_dir: str | Path | None = None,
-        **overrides: Any) -> dict[str, Any]:
-    """Train experts (and MTL when ``mtl``) at each budget; ``{"runs": [{budget, model, tasks, tail,
+        tasks: Sequence[str] | None = None, **overrides: Any) -> dict[str, Any]:
+    """Train experts (and MTL when ``mtl``) at each budget, the experts of every task of ``sets`` (or of
+    ``tasks`` only, when given); ``{"runs": [{budget, model, tasks, tail,
     converged, test, val_loss, wall_s}, ...], ...}``; ``tail`` is the fraction the validation loss still
     fell over the last 20 % of steps (:func:`simo_lite.training.val_tail_improvement`)."""
     from simo_lite import profiles
@@ -36,10 +37,10 @@ def run(profile: str = "cpu", budgets: Sequence[int] = (400,), sets: Sequence[st
     for budget in budgets:
         prof = profiles.get(profile, invariance_steps=invariance_steps, finetune_steps=budget,
                             mtl_finetune_steps=budget, **overrides)
-        tasks = list(dict.fromkeys(t for s in sets for t in get_tasks(s)))
-        exp = Experiment(prof, tuple(tasks), seed, "cpu", run_dir)
+        experts = list(tasks) if tasks else list(dict.fromkeys(t for s in sets for t in get_tasks(s)))
+        exp = Experiment(prof, tuple(experts), seed, "cpu", run_dir)
         jobs: list[tuple[str, tuple[str, ...], Any]] = [(f"expert-{t}", (t,), lambda t=t: exp.expert(t))
-                                                         for t in tasks]
+                                                         for t in experts]
         if mtl:
             for s in sets:
                 e = Experiment(prof, s, seed, "cpu", run_dir)
@@ -100,11 +101,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--invariance-steps", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-mtl", action="store_true")
+    ap.add_argument("--tasks", nargs="+", default=None, help="train only these tasks' experts (default: every task of --sets)")
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--out", default=None, help="output files' stem (default: runs/bench/convergence-<profile>-<seed>)")
     args = ap.parse_args(argv)
     result = run(args.profile, args.budgets, args.sets, args.seed, args.invariance_steps, not args.no_mtl,
-                 args.run_dir)
+                 args.run_dir, tasks=args.tasks)
     out = Path(args.out) if args.out else REPO / "runs" / "bench" / f"convergence-{args.profile}-{args.seed}"
     print(write_section(out, result, markdown, plot))
 

@@ -445,3 +445,14 @@ def test_alpha_regimes_smoke_curves_are_consistent(tmp_path):
     assert again["plain"][0.0] == pytest.approx(r["plain"][0.0])
     md = alpha_regimes.markdown([r], "smoke")
     assert f"α* = {r['alpha_star']['plain']:g} plain" in md and md.count("\n| ") == 1 + 3
+
+
+def test_convergence_trains_only_the_tasks_asked_for(tmp_path):
+    """``--tasks``: one expert at the budget (e.g. a 4x budget for the task whose loss still falls), no MTL."""
+    from benchmarks import convergence
+    out = convergence.run("smoke", budgets=(8,), sets=("nyu3",), invariance_steps=0, mtl=False, run_dir=tmp_path,
+                          tasks=("depth",))
+    assert [(r["budget"], r["model"], r["tasks"]) for r in out["runs"]] == [(8, "expert-depth", ["depth"])]
+    run = out["runs"][0]
+    assert run["converged"] == (run["tail"] < convergence.THRESHOLD) and set(run["test"]) == {"depth"}
+    assert "expert-depth" in convergence.markdown(out)
