@@ -60,14 +60,16 @@ def test_run_results_says_what_is_missing_and_refuses_another_run(tmp_path):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("value,kwargs,ok,word", [
     (None, {}, False, "not answered yet"),
-    (12.5, {"lo": -100, "hi": 100}, True, "answered"),
+    (0.5, {"lo": 0, "hi": 1}, True, "answered"),
     (3, {}, True, "answered"),
-    (250.0, {"lo": -100, "hi": 100}, False, "outside"),
+    (1.5, {"lo": 0, "hi": 1}, False, "outside"),
     (float("nan"), {}, False, "finite"),
     (True, {}, False, "expected a number"),
     ("12", {}, False, "expected a number"),
-    ("noise", {"lo": -5, "hi": 5, "choices": ("noise",)}, True, "answered"),
-    (0.4, {"lo": -5, "hi": 5, "choices": ("noise",)}, True, "answered"),
+    ("noise", {"choices": ("noise",), "numbers": True}, True, "answered"),
+    (0.4, {"choices": ("noise",), "numbers": True}, True, "answered"),
+    (1608.5, {"unit": "points"}, True, "answered"),                   # no bound: a tiny run's Δm can pass 100 %
+    (0.4, {"choices": ("noise",)}, False, "expected one of"),
     ("nois", {"choices": ("noise",)}, False, "is not one of"),
     (False, {"choices": (True, False)}, True, "answered"),
     (0, {"choices": (True, False)}, False, "expected one of"),
@@ -120,6 +122,8 @@ CASES = {
           {"bn_share": 50.0}]),
         (_dm(-0.100, -0.050, -0.095), {"head_gain_points": 0.5, "bn_share": "noise"},
          [{"bn_share": 10.0}, {"head_gain_points": -0.5}]),
+        (_dm(-0.036, -0.160, 1.120), {"head_gain_points": 115.6, "bn_share": -0.124 / 1.156},   # a tiny run: +116 pt
+         [{"bn_share": 0.5}, {"head_gain_points": 11.56}]),
         (_dm(-0.100, -0.095, -0.091), {"head_gain_points": 0.9, "bn_share": "noise"},   # near the noise line:
          [{"bn_share": 0.9}], [{"head_gain_points": 1.05, "bn_share": 0.5}]),          # a rounded number too
     ],

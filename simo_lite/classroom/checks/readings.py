@@ -71,10 +71,12 @@ def run_results(notebook: str, namespace: Mapping[str, Any]) -> dict:
 
 
 def check_reading(value: Any, what: str, *, unit: str = "", lo: float | None = None, hi: float | None = None,
-                  choices: Sequence[str] = (), strict: bool = False) -> bool:
+                  choices: Sequence[Any] = (), numbers: bool | None = None, strict: bool = False) -> bool:
     """The form of a reading, never its value: ``value`` must be a number (int or float, not bool,
-    finite) in ``[lo, hi]``, or, when ``choices`` is given, one of those values, of the same type
-    (strings, or ``True``/``False``; a number is then also accepted when ``lo``/``hi`` is given). ``None`` (the student copy's stub) is "not answered yet".
+    finite; in ``[lo, hi]`` when they are given), or one of ``choices``, of the same type (strings, or
+    ``True``/``False``). ``numbers``: whether a number is an answer (default: only when there are no
+    ``choices``). Set bounds only where no run can go beyond them (a fraction of 0-1, not a Δm, which a
+    tiny run can push past 100 %). ``None`` (the student copy's stub) is "not answered yet".
 
     Prints one line and returns True or False; ``strict=True`` raises ``AssertionError`` instead of
     returning False.
@@ -85,7 +87,7 @@ def check_reading(value: Any, what: str, *, unit: str = "", lo: float | None = N
             raise AssertionError(msg)
         return ok
 
-    numeric = not choices or lo is not None or hi is not None
+    numeric = not choices if numbers is None else numbers
     if value is None:
         return verdict(False, f"{TODO} {what}: not answered yet: write your reading in place of `None`, then "
                               f"run the cell again")
