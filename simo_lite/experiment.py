@@ -23,6 +23,7 @@ outside the package gets its rows without any edit here::
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
     from .types import Tasks
 
 __all__ = ["Experiment", "ROWS", "TABLE_ROWS", "RowSpec", "row_spec", "row_label"]
+
+# the starting value of every learned layer coefficient (part of their store key)
+_COEF_INIT = inspect.signature(learn_layer_coefficients).parameters["init"].default
 
 ROW_VERSION = 3        # of the row computation (part of every row's key); 3: alpha grid extended beyond 1.0
 ALPHA_VERSION = 3      # of the alpha sweep (part of every sweep's key)
@@ -423,12 +427,51 @@ class Experiment:
         return out
 
     def layer_coefficients(self, steps: int | None = None, lr: float = 1e-2) -> tuple[torch.Tensor, list, list]:
-        """Paper Fig. 2: per-task, per-layer merging coefficients learned on the validation split."""
-        model = self.with_heads(self.foundation)
-        return learn_layer_coefficients(self.foundation, self.task_vectors(), model, self.data["val"],
-                                       steps=steps or self.profile.realign_steps // 2, lr=lr,
-                                       batch_size=self.profile.batch_size, seed=self.seed,
-                                       device=self.device, progress=self.progress)
+        """Paper Fig. 2: per-task, per-layer merging coefficients learned on the validation split:
+        (coefficients λ (T, G) in [0, 1], the G layer-group names, the loss of every step).
+        ``steps`` default: half the profile's ``realign_steps``. Stored and shipped like a realignment
+        (:meth:`learned_coefficients`)."""
+        return self.learned_coefficients(steps, lr)[:3]
+
+    def coefficients_artifact(self, steps: int | None = None, lr: float = 1e-2) -> st.Artifact:
+        """The store artifact of :meth:`layer_coefficients` (``realign/coefficients-<key>``): its key chains the
+        data, the foundation and every expert, and holds the learning's settings."""
+        return st.Artifact("realign", "coefficients",
+                           {"tasks": list(self.tasks), "steps": steps or self.profile.realign_steps // 2, "lr": lr,
+                            "batch_size": self.profile.batch_size, "seed": self.seed, "split": "val",
+                            "init": _COEF_INIT,
+                            "version": 1}, self._upstream())
+
+    def learned_coefficients(self, steps: int | None = None, lr: float = 1e-2
+                             ) -> tuple[torch.Tensor, list, list, float]:
+        """:meth:`layer_coefficients` with the learning's wall-clock in seconds (measured when they were first
+        learned). The result is stored in the run's ``realign/`` folder (``coefficients-<key>.safetensors``
+        beside its ``.json`` record: groups, losses, seconds); a stored or shipped one of the same key
+        (``data/models-<profile>/realign``, :mod:`simo_lite.shipped`) is loaded instead of learned again."""
+        from .atomic import copy_file
+        from .training import shipped_realign_dir
+        art = self.coefficients_artifact(steps, lr)
+        path = self.store.path("realign", art, ".safetensors")
+        shipped = shipped_realign_dir(self.profile) / path.name
+        if not path.exists() and shipped.is_file() and shipped.with_suffix(".json").is_file() \
+                and _read_coefficients(st.Store(shipped.parent), shipped, art) is not None:
+            for src in (shipped.with_suffix(".json"), shipped):                # the tensors last
+                copy_file(src, path.with_name(src.name))
+            st.log.info("loaded the shipped layer coefficients %s, copied into the run", path.name)
+        stored = _read_coefficients(self.store, path, art)
+        if stored is not None:
+            return stored
+        t0 = time.perf_counter()
+        coef, groups, losses = learn_layer_coefficients(self.foundation, self.task_vectors(),
+                                                        self.with_heads(self.foundation), self.data["val"],
+                                                        steps=art.config["steps"], lr=lr,
+                                                        batch_size=self.profile.batch_size, seed=self.seed,
+                                                        device=self.device, progress=self.progress)
+        wall = time.perf_counter() - t0
+        self.store.write_json(path.with_suffix(".json"), {"groups": list(groups), "losses": list(losses),
+                                                          "wall_s": wall}, art)
+        self.store.save_tensors(path, {"coefficients": coef.contiguous()}, art)
+        return coef, list(groups), list(losses), wall
 
     # -- fixes --------------------------------------------------------------------------------
     def fix(self, name: str, model: SimoModel, **options: Any) -> tuple[SimoModel, RunRecord]:
@@ -546,6 +589,22 @@ class Experiment:
         by :func:`row_label` with ``labels`` (:func:`simo_lite.report.results_markdown`)."""
         return (report.results_title(self.tasks, self.profile.name, self.seed) + "\n\n"
                 + report.results_markdown(table, self.tasks, label=report.row_label if labels else None) + "\n")
+
+
+def _read_coefficients(store: st.Store, path: Path, art: st.Artifact) -> tuple[torch.Tensor, list, list, float] | None:
+    """Stored layer coefficients of ``art`` at ``path``: (λ (T, G), groups, losses, wall-clock s), or None (a
+    logged miss: missing, another key, or shapes that disagree with the record)."""
+    tensors = store.load_tensors(path, art, quiet=True)
+    rec = store.read_json(path.with_suffix(".json"), art, require=("groups", "losses", "wall_s")) \
+        if tensors is not None else None
+    if rec is None:
+        return None
+    coef = tensors.get("coefficients")
+    if coef is None or tuple(coef.shape) != (len(art.config["tasks"]), len(rec["groups"])) \
+            or len(rec["losses"]) != art.config["steps"]:
+        store.miss(art, f"corrupt file {path.name}: the coefficients do not match their record")
+        return None
+    return coef, list(rec["groups"]), [float(x) for x in rec["losses"]], float(rec["wall_s"])
 
 
 def _parse_args(argv=None):

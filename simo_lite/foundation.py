@@ -394,8 +394,8 @@ def probe_comparison(profile: P.Profile, pretrained: StateDict,
     """Linear probe (frozen encoder, head trained ``probe_steps``) on ``pretrained`` (the foundation
     encoder, θ₀) vs random init, test metrics.
 
-    Each encoder runs once over the train split (``training.cache_features``, when the features fit
-    in memory); every task's head then trains on those cached features.
+    Each encoder runs once over the train split and once over the test split (``training.cache_features``,
+    when the features fit in memory); every task's head then trains and is scored on those cached features.
     Returns {"foundation": {task: metric}, "random": {task: metric}}.
     """
     from .tasks import get_tasks
@@ -407,15 +407,19 @@ def probe_comparison(profile: P.Profile, pretrained: StateDict,
     n = len(data["train"]["image"])
     for label, state in (("foundation", pretrained), ("random", random_encoder_state(profile, seed))):
         out[label] = {}
-        feats = None                             # one encoder pass serves every task's probe
+        feats = test_feats = None                # one encoder pass per split serves every task's probe
         if profile_augment(profile) is None and features_fit_in_memory(profile, n):
-            feats = cache_features(build_model(state, profile, tasks[:1], seed=seed), data["train"]["image"],
-                                   device=device, progress=progress, desc=f"encoding ({label})")
+            frozen = build_model(state, profile, tasks[:1], seed=seed)
+            feats = cache_features(frozen, data["train"]["image"], device=device, progress=progress,
+                                   desc=f"encoding train ({label})")                   # (N, L, 2C, h, w)
+            if features_fit_in_memory(profile, len(data["test"]["image"])):
+                test_feats = cache_features(frozen, data["test"]["image"], device=device, progress=progress,
+                                            desc=f"encoding test ({label})")
         for task in tasks:
             model = build_model(state, profile, (task,), seed=seed)
             probe_stage(model, data["train"], (task,), profile, profile.probe_steps, seed=seed, device=device,
                         progress=progress, desc=f"probe {label} {task}", features=feats)
-            out[label][task] = evaluate(model, data["test"], (task,), device=device)[task]
+            out[label][task] = evaluate(model, data["test"], (task,), device=device, features=test_feats)[task]
     return out
 
 

@@ -119,13 +119,9 @@ def _coefficient_steps(exp) -> int:
 
 def _coefficients(exp) -> tuple:
     """Learn λ (T, G) on val, merge θ₀ + Σ_t λ[t, g(k)] τ_t[k], evaluate with the experts' heads on test."""
-    import time
-
     from .training import RunRecord
     steps = _coefficient_steps(exp)
-    t0 = time.perf_counter()
-    coef, groups, losses = exp.layer_coefficients(steps=steps, lr=COEFFICIENT_LR)        # (T, G), (G,), (steps,)
-    wall = time.perf_counter() - t0
+    coef, groups, losses, wall = exp.learned_coefficients(steps=steps, lr=COEFFICIENT_LR)  # (T, G), (G,), (steps,), s
     n_val = len(exp.data["val"]["image"])
     cost = RunRecord(name="layer-coefficients", steps=steps, samples=steps * min(exp.profile.batch_size, n_val),
                      trainable_params=int(coef.numel()), wall_s=wall)

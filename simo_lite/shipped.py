@@ -46,19 +46,31 @@ REALIGN_OPTIONS = {"head": ("steps", "cached"), "repr": ("rank", "steps"), "lora
 
 # the realignments the course's notebooks compute with their default parameters (``--realign course``):
 # 05 head realignment (its budget of steps, the cached / uncached comparison at an eighth of the steps and the
-# step curve at a quarter and a half), 06 block adapters (step curve, rank 2) and LoRA, 07's table, 08's set
+# step curve at a quarter and a half), 06 block adapters (step curve, rank 2) and LoRA, 07's table (and the
+# benchmark's ties_k1+head), 08's set and its learned layer coefficients
 COURSE_REALIGN = ("nyu3:ta+head", "nyu3:ta+head:steps=25", "nyu3:ta+head:steps=25:cached=0", "nyu3:ta+head:steps=50",
                   "nyu3:ta+head:steps=100", "nyu3:ties+head", "nyu3:zeroshot+head", "nyu3:ties_k1+head",
                   "nyu3:ta+repr", "nyu3:ta+repr:steps=50", "nyu3:ta+repr:steps=100", "nyu3:ta+repr:rank=2",
-                  "nyu3:ta+lora", "nyu3:ties+repr", "nyu3:ties+lora", "taskonomy5:ta+head", "taskonomy5:ta+repr")
+                  "nyu3:ta+lora", "nyu3:ties+repr", "nyu3:ties+lora", "taskonomy5:ta+head", "taskonomy5:ta+repr",
+                  "taskonomy5:coefficients")
 
 
 def parse_realign(spec: str) -> tuple[str, str, str, dict]:
     """``"nyu3:ta+repr:steps=100"`` -> ``("nyu3", "ta", "repr", {"steps": 100})``: a task set, a merge
     method, a fix that trains ("head", "repr" or "lora") and its options (``rank``, ``steps``: positive
-    integers; ``cached`` for "head": 0 or 1)."""
+    integers; ``cached`` for "head": 0 or 1). ``"taskonomy5:coefficients[:steps=N]"`` ->
+    ``("taskonomy5", "coefficients", "coefficients", {...})``: the learned layer coefficients
+    (``Experiment.layer_coefficients``, paper Fig. 2), which train too."""
     from . import merging
     parts = spec.split(":")
+    if len(parts) >= 2 and parts[1] == "coefficients":
+        options = {}
+        for opt in parts[2:]:
+            name, _, value = opt.partition("=")
+            if name != "steps" or not value.isdigit() or int(value) < 1:
+                raise ValueError(f"bad option {opt!r} in {spec!r}: coefficients take steps=N (a positive integer)")
+            options[name] = int(value)
+        return parts[0], "coefficients", "coefficients", options
     row = parts[1] if len(parts) > 1 else ""
     method, _, fix = row.partition("+")
     if len(parts) < 2 or method not in merging.MERGE_METHODS or fix not in REALIGN_OPTIONS:
@@ -86,14 +98,19 @@ def _ship_realign(profile, specs: Sequence[str], seed: int, run_dir: Path, out: 
     entries, parsed = {}, [(spec, *parse_realign(spec)) for spec in specs]      # every spec checked first
     for spec, tasks, method, fix, options in parsed:
         exp = Experiment(profile, tasks, seed, "cpu", run_dir)
-        model = exp.row_merge(method)[0]                                          # as the table's row
-        _, record = exp.fix(fix, model, **options)
-        src = realign_path(exp, model, fix, **options)
+        if fix == "coefficients":                                                 # learned, not a fix of a merge
+            coef, _, losses, wall = exp.learned_coefficients(**options)
+            src = exp.store.path("realign", exp.coefficients_artifact(**options), ".safetensors")
+            steps, trainable = len(losses), int(coef.numel())
+        else:
+            model = exp.row_merge(method)[0]                                      # as the table's row
+            _, record = exp.fix(fix, model, **options)
+            src = realign_path(exp, model, fix, **options)
+            steps, trainable, wall = record.steps, record.trainable_params, record.wall_s
         files = {}
         for f in (src.with_suffix(".json"), src):           # the tensors last: a reader sees a record first
             files[f.name] = sha256_file(copy_file(f, out / f.name))
-        entries[spec] = {"files": files, "steps": record.steps, "trainable_params": record.trainable_params,
-                         "wall_s": record.wall_s}
+        entries[spec] = {"files": files, "steps": steps, "trainable_params": trainable, "wall_s": wall}
     return entries
 
 
@@ -186,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "(default: every set of --sets)")
     ap.add_argument("--realign", nargs="+", default=[], metavar="SET:METHOD+FIX[:OPTION=VALUE...]",
                     help="realignments (FIX head, repr or lora) to ship too, on the merge as the results table "
-                         "makes it (e.g. nyu3:ta+head nyu3:ta+repr nyu3:ta+lora:rank=2 nyu3:ta+head:steps=50:cached=0); "
+                         "makes it (e.g. nyu3:ta+head nyu3:ta+repr nyu3:ta+lora:rank=2 nyu3:ta+head:steps=50:cached=0), "
+                         "or SET:coefficients[:steps=N], the learned layer coefficients; "
                          "'course': those the course's notebooks compute with their default parameters")
     ap.add_argument("--run-dir", default=None, help="where the models are trained (or found); "
                     "default: runs/ship-<profile>-<seed>")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from simo_lite import profiles, shipped, training
 from simo_lite.checkpoints import sha256_file
@@ -18,7 +19,7 @@ def shipped_dir(tmp_path_factory):
     m = shipped.ship("smoke", sets=("depth,normals",), seed=0, mtl=True, run_dir=run_dir, data_dir=data_dir,
                      command="test", mtl_factors=(1, 2),
                      realign=("depth,normals:ta+repr", "depth,normals:ta+lora:steps=3", "depth,normals:ta+head",
-                              "depth,normals:zeroshot+head:steps=2:cached=0"))
+                              "depth,normals:zeroshot+head:steps=2:cached=0", "depth,normals:coefficients:steps=3"))
     m["by_name"] = {}
     for info in m["models"].values():
         m["by_name"].setdefault(info["name"], []).append(info)
@@ -129,7 +130,9 @@ def test_copy_tree_replaces_a_folder_whole(tmp_path):
 def test_ship_writes_the_realignments_with_their_digests(shipped_dir):
     data_dir, m = shipped_dir
     assert list(m["realign"]) == ["depth,normals:ta+repr", "depth,normals:ta+lora:steps=3", "depth,normals:ta+head",
-                                  "depth,normals:zeroshot+head:steps=2:cached=0"]
+                                  "depth,normals:zeroshot+head:steps=2:cached=0", "depth,normals:coefficients:steps=3"]
+    coef = m["realign"]["depth,normals:coefficients:steps=3"]
+    assert coef["steps"] == 3 and coef["trainable_params"] == 2 * (profiles.get("smoke").depth + 2)  # (T, G) λ
     assert m["realign"]["depth,normals:ta+lora:steps=3"]["steps"] == 3
     assert m["realign"]["depth,normals:zeroshot+head:steps=2:cached=0"]["steps"] == 2 * 2     # 2 steps, 2 heads
     assert m["realign"]["depth,normals:ta+repr"]["steps"] == profiles.get("smoke").realign_steps
@@ -161,8 +164,28 @@ def test_a_matching_run_loads_the_shipped_realignment(shipped_dir, tmp_path, mon
         m["realign"]["depth,normals:zeroshot+head:steps=2:cached=0"]["wall_s"]
 
 
+def test_a_matching_run_loads_the_shipped_layer_coefficients(shipped_dir, tmp_path, monkeypatch):
+    """The learned layer coefficients ship like a realignment: a run of the same key copies them in and does
+    not learn them again; the results-table row keeps the learning's recorded seconds."""
+    from simo_lite import experiment
+    data_dir, m = shipped_dir
+    monkeypatch.setattr(training, "SHIPPED_DIR", data_dir)
+    monkeypatch.setattr(experiment, "learn_layer_coefficients",
+                        lambda *a, **k: pytest.fail("learned the coefficients although they are shipped"))
+    exp = Experiment(profiles.get("smoke"), ("depth", "normals"), 0, "cpu", tmp_path / "run")
+    coef, groups, losses, wall = exp.learned_coefficients(steps=3)
+    entry = m["realign"]["depth,normals:coefficients:steps=3"]
+    assert coef.shape == (2, len(groups)) and groups[0] == "embed" and len(losses) == 3
+    assert wall == entry["wall_s"] and float(coef.min()) >= 0 and float(coef.max()) <= 1
+    copied = sorted(p.name for p in (tmp_path / "run" / "realign").iterdir())
+    assert copied == sorted(entry["files"])
+    again = exp.layer_coefficients(steps=3)                                   # now the run's own copy
+    assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(again, (coef, groups, losses)))
+
+
 @pytest.mark.parametrize("spec", ["nyu3", "nyu3:ta", "nyu3:ta+bn", "nyu3:nope+repr", "nyu3:ta+repr:rank=0",
-                                  "nyu3:ta+repr:width=3", "nyu3:ta+head:rank=2", "nyu3:ta+head:cached=2"])
+                                  "nyu3:ta+repr:width=3", "nyu3:ta+head:rank=2", "nyu3:ta+head:cached=2",
+                                  "nyu3:coefficients:rank=2", "nyu3:coefficients:steps=0"])
 def test_bad_realignment_specs_are_refused(spec, capsys):
     with pytest.raises(ValueError, match="bad"):
         shipped.parse_realign(spec)
@@ -178,7 +201,10 @@ def test_realignment_specs_parse():
 
 def test_the_course_realignments_parse():
     parsed = [shipped.parse_realign(spec) for spec in shipped.COURSE_REALIGN]
-    assert {p[0] for p in parsed} == {"nyu3", "taskonomy5"} and {p[2] for p in parsed} == {"head", "repr", "lora"}
+    assert {p[0] for p in parsed} == {"nyu3", "taskonomy5"}
+    assert {p[2] for p in parsed} == {"head", "repr", "lora", "coefficients"}
+    assert shipped.parse_realign("taskonomy5:coefficients:steps=7") == ("taskonomy5", "coefficients", "coefficients",
+                                                                       {"steps": 7})
     assert len(set(shipped.COURSE_REALIGN)) == len(shipped.COURSE_REALIGN)
 
 
@@ -230,6 +256,6 @@ def test_a_load_only_reship_keeps_the_manifest(shipped_dir, monkeypatch):
     again = shipped.ship("smoke", sets=("depth,normals",), seed=0, mtl=True, run_dir=data_dir.parent / "ship-run-2",
                          data_dir=data_dir, command="a second command", mtl_factors=(1, 2),
                          realign=("depth,normals:ta+repr", "depth,normals:ta+lora:steps=3", "depth,normals:ta+head",
-                                  "depth,normals:zeroshot+head:steps=2:cached=0"))
+                                  "depth,normals:zeroshot+head:steps=2:cached=0", "depth,normals:coefficients:steps=3"))
     assert path.read_text() == before and path.stat().st_mtime_ns == mtime
     assert again["command"] == "test" and again["models"].keys() == m["models"].keys()
