@@ -442,23 +442,23 @@ class Experiment:
                             "init": _COEF_INIT,
                             "version": 1}, self._upstream())
 
+    def coefficients_path(self, steps: int | None = None, lr: float = 1e-2) -> Path:
+        """Where :meth:`learned_coefficients` stores them in the run: ``realign/coefficients-<key>.safetensors``
+        (beside its ``.json`` record)."""
+        return self.store.path("realign", self.coefficients_artifact(steps, lr), ".safetensors")
+
     def learned_coefficients(self, steps: int | None = None, lr: float = 1e-2
                              ) -> tuple[torch.Tensor, list, list, float]:
         """:meth:`layer_coefficients` with the learning's wall-clock in seconds (measured when they were first
         learned). The result is stored in the run's ``realign/`` folder (``coefficients-<key>.safetensors``
         beside its ``.json`` record: groups, losses, seconds); a stored or shipped one of the same key
         (``data/models-<profile>/realign``, :mod:`simo_lite.shipped`) is loaded instead of learned again."""
-        from .atomic import copy_file
         from .training import shipped_realign_dir
         art = self.coefficients_artifact(steps, lr)
-        path = self.store.path("realign", art, ".safetensors")
-        shipped = shipped_realign_dir(self.profile) / path.name
-        if not path.exists() and shipped.is_file() and shipped.with_suffix(".json").is_file() \
-                and _read_coefficients(st.Store(shipped.parent), shipped, art) is not None:
-            for src in (shipped.with_suffix(".json"), shipped):                # the tensors last
-                copy_file(src, path.with_name(src.name))
-            st.log.info("loaded the shipped layer coefficients %s, copied into the run", path.name)
-        stored = _read_coefficients(self.store, path, art)
+        path = self.coefficients_path(steps, lr)
+        stored = (st.adopt_shipped(path, shipped_realign_dir(self.profile),
+                                   lambda store, src: _read_coefficients(store, src, art), "layer coefficients")
+                  or _read_coefficients(self.store, path, art))
         if stored is not None:
             return stored
         t0 = time.perf_counter()

@@ -28,7 +28,6 @@ import torch
 import torch.nn as nn
 
 from . import checkpoints as ckpt
-from .atomic import copy_file
 from . import store as st
 from .models import SimoModel, count_parameters
 from .tasks import get_tasks
@@ -323,14 +322,6 @@ def _trained_state(model: SimoModel) -> dict[str, torch.Tensor]:
 
 def _load_shipped(store: st.Store, path: Path, art: st.Artifact, model: SimoModel, shipped_dir: Path):
     """The shipped realignment of ``art`` when the run has none yet: (model, record), copied into the
-    run's cache folder (each file atomically, the tensors last); else None."""
-    src = shipped_dir / path.name
-    if path.exists() or not src.is_file() or not src.with_suffix(".json").is_file():
-        return None
-    loaded = _load_cached(st.Store(shipped_dir), src, art, model)
-    if loaded is None:
-        return None
-    for name in (path.with_suffix(".json"), path):
-        copy_file(shipped_dir / name.name, name)
-    st.log.info("loaded the shipped realign %s (%s), copied into the run", art.name, shipped_dir.parent.name)
-    return loaded
+    run's cache folder (:func:`simo_lite.store.adopt_shipped`); else None."""
+    return st.adopt_shipped(path, shipped_dir, lambda shipped, src: _load_cached(shipped, src, art, model),
+                            f"realign {art.name}")

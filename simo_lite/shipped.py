@@ -100,7 +100,7 @@ def _ship_realign(profile, specs: Sequence[str], seed: int, run_dir: Path, out: 
         exp = Experiment(profile, tasks, seed, "cpu", run_dir)
         if fix == "coefficients":                                                 # learned, not a fix of a merge
             coef, _, losses, wall = exp.learned_coefficients(**options)
-            src = exp.store.path("realign", exp.coefficients_artifact(**options), ".safetensors")
+            src = exp.coefficients_path(**options)
             steps, trainable = len(losses), int(coef.numel())
         else:
             model = exp.row_merge(method)[0]                                      # as the table's row

@@ -56,9 +56,9 @@ import re
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
-from .atomic import atomic_write, write_text
+from .atomic import atomic_write, copy_file, write_text
 from .types import Device
 
 import torch
@@ -506,6 +506,27 @@ class Store:
                      **metadata: Any) -> Path:
         """Atomically write ``tensors`` with ``art``'s key and header (+ ``metadata``) in the metadata."""
         return save_tensors(tensors, path, metadata={**metadata, **art.metadata()})
+
+
+_T = TypeVar("_T")
+
+
+def adopt_shipped(path: Path, shipped_dir: Path, read: Callable[[Store, Path], _T | None], what: str) -> _T | None:
+    """A shipped artifact for a run that has none yet: when ``path`` (a ``.safetensors`` file beside its
+    ``.json`` record) does not exist and ``shipped_dir`` holds both files of the same name, ``read(store,
+    shipped_path)`` loads the shipped one (``None`` when it is not usable: a logged miss); a usable one is
+    copied into the run, each file atomically and the tensors last, and what ``read`` returned is returned.
+    Otherwise None. ``what`` names it in the log line (e.g. "realign head")."""
+    src = Path(shipped_dir) / path.name
+    if path.exists() or not src.is_file() or not src.with_suffix(".json").is_file():
+        return None
+    loaded = read(Store(shipped_dir), src)
+    if loaded is None:
+        return None
+    for name in (path.with_suffix(".json"), path):
+        copy_file(src.with_name(name.name), name)
+    log.info("loaded the shipped %s (%s), copied into the run", what, Path(shipped_dir).parent.name)
+    return loaded
 
 
 # ------------------------------------------------------------------------------------------------
