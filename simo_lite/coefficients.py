@@ -30,8 +30,12 @@ def group_order(group: str) -> tuple[int, int]:
     return (2, 0)
 
 
+# the starting value of every coefficient (also part of their store key: Experiment.coefficients_artifact)
+INIT = 0.3
+
+
 def learn_layer_coefficients(pretrained: StateDict, task_vectors: dict[str, StateDict], model: SimoModel,
-                             data: Split, steps: int = 100, lr: float = 1e-2, batch_size: int = 32, init: float = 0.3,
+                             data: Split, steps: int = 100, lr: float = 1e-2, batch_size: int = 32, init: float = INIT,
                              seed: int = 0, device: Device = "cpu", progress: bool = False,
                              ) -> tuple[torch.Tensor, list[str], list[float]]:
     """AdaMerging-style per-task, per-layer merging coefficients, learned on labelled validation data.

@@ -23,7 +23,6 @@ outside the package gets its rows without any edit here::
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from . import merging
 from . import report
 from . import store as st
 from .data import DATASETS, DEFAULT_DATASET
+from .coefficients import INIT as COEF_INIT
 from .coefficients import learn_layer_coefficients
 from .foundation import load_foundation
 from .metrics import delta_m, normalized_performance
@@ -53,9 +53,6 @@ if TYPE_CHECKING:
     from .types import Tasks
 
 __all__ = ["Experiment", "ROWS", "TABLE_ROWS", "RowSpec", "row_spec", "row_label"]
-
-# the starting value of every learned layer coefficient (part of their store key)
-_COEF_INIT = inspect.signature(learn_layer_coefficients).parameters["init"].default
 
 ROW_VERSION = 3        # of the row computation (part of every row's key); 3: alpha grid extended beyond 1.0
 ALPHA_VERSION = 3      # of the alpha sweep (part of every sweep's key)
@@ -439,7 +436,7 @@ class Experiment:
         return st.Artifact("realign", "coefficients",
                            {"tasks": list(self.tasks), "steps": steps or self.profile.realign_steps // 2, "lr": lr,
                             "batch_size": self.profile.batch_size, "seed": self.seed, "split": "val",
-                            "init": _COEF_INIT,
+                            "init": COEF_INIT,
                             "version": 1}, self._upstream())
 
     def coefficients_path(self, steps: int | None = None, lr: float = 1e-2) -> Path:

@@ -134,9 +134,10 @@ def _coefficients(exp) -> tuple:
 
 def _coefficients_upstream(exp) -> dict:
     """The learning's settings (steps, lr, split) as an upstream entry; the experts are chained already."""
+    from .coefficients import INIT
     from .store import config_hash
     return {"layer-coefficients": config_hash({"steps": _coefficient_steps(exp), "lr": COEFFICIENT_LR,
-                                                "split": "val", "init": 0.3})}
+                                                "split": "val", "init": INIT})}
 
 
 register_baseline("experts", _experts, label="experts (LP→FT)")
