@@ -617,9 +617,25 @@ def budgets_md(convergence_path: str | Path, realign_path: str | Path) -> list[s
     out += [convergence.markdown(c), ""] if isinstance(c, dict) and c.get("runs") else \
         [f"{NOT_RUN}: `{convergence_path}` (python -m benchmarks.convergence).", ""]
     out += shipped_convergence_md()
+    out += budget4x_md()
     r = load_json(realign_path)
     out += [realign_curves.markdown(r), ""] if isinstance(r, dict) and r.get("sets") else \
         [f"{NOT_RUN}: `{realign_path}` (python -m benchmarks.realign_curves).", ""]
+    return out
+
+
+def budget4x_md(depth_path: str | Path = REPO / "docs/convergence-depth4x-cpu-0.json",
+                nyu3_path: str | Path = REPO / "docs/budget4x-cpu-0.json") -> list[str]:
+    """The 4x-budget runs (docs/preregistration.md, sections 7 and 8): the depth expert alone, then every
+    nyu3 expert with the nyu3 table again at the matched 4x budget; empty when neither file is there."""
+    from benchmarks import budget4x, convergence
+    out = []
+    d = load_json(depth_path)
+    if isinstance(d, dict) and d.get("runs"):
+        out += ["### The depth expert at 4× the budget (section 7)", "", convergence.markdown(d), ""]
+    r = load_json(nyu3_path)
+    if isinstance(r, dict) and r.get("criteria"):
+        out += ["### nyu3 at a matched 4× budget (section 8)", "", budget4x.markdown(r), ""]
     return out
 
 

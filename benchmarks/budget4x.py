@@ -1,0 +1,207 @@
+"""``budget4x`` section: the nyu3 results at a matched 4x fine-tuning budget (docs/preregistration.md, section 8).
+
+Every nyu3 expert (seg, depth, normals) and the joint MTL model fine-tune 3,200 steps, 4x the cpu
+profile's 800, from the same foundation (seed 0). The results table is computed again against these
+experts and set beside the 1x rows of the evidence sweep (``docs/evidence-cpu.json``, seeds 0-2), and the
+pre-registered criteria E1-E6 are reported as measured. Inputs:
+
+- the 4x table: ``python -m simo_lite.experiment --profile cpu --tasks nyu3 --set finetune_steps=3200
+  --set mtl_finetune_steps=3200 ... --run-dir runs/conv4x`` (its ``results/table-seg+depth+normals.json``);
+- the 4x experts' convergence records (``python -m benchmarks.convergence --budgets 3200 --tasks <t>``);
+- the shipped 4x MTL model's manifest (``data/evidence/mtl4x-seed-0/models-cpu.json``);
+- the experts' encoders at both budgets and the foundation, for the task vectors' lengths.
+
+Δm here is the ratio form (the paper's tables), as a fraction; "pp" are percentage points of it.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks.common import REPO, load_json, md_table, write_section
+from benchmarks.evidence import NYU, per_seed
+
+TASKS = ("seg", "depth", "normals")
+ROWS = ("mtl", "ta", "ties", "ta+head", "ta+repr", "ties+head", "ties+repr", "ta+bn", "ties+bn")
+LABELS = {"experts": "experts (LP→FT)", "mtl": "joint MTL", "zeroshot": "zero-shot (α = 0)", "ta": "task arithmetic",
+          "ties": "TIES", "ta+head": "TA + head realign", "ta+repr": "TA + block adapters",
+          "ties+head": "TIES + head realign", "ties+repr": "TIES + block adapters", "ta+bn": "TA + BN re-estimation",
+          "ties+bn": "TIES + BN re-estimation"}
+CONVERGED = 0.01          # section 4: val loss falls < 1 % over the last 20 % of steps
+GAIN = 0.03               # E2: a 4x expert is >= 3 % better on its test metric
+
+
+def relative_gain(new: float, old: float, lower_is_better: bool) -> float:
+    """How much better ``new`` is than ``old`` as a fraction of ``old`` (positive = better)."""
+    return (old - new) / old if lower_is_better else (new - old) / old
+
+
+def task_vector_norm(encoder: dict, pretrained: dict) -> float:
+    """L2 norm of ``encoder - pretrained`` over the floating-point tensors both hold (all layers together)."""
+    import torch
+    total = 0.0
+    for k, v in encoder.items():
+        if k in pretrained and v.is_floating_point():
+            total += float(torch.sum((v.double() - pretrained[k].double()) ** 2))
+    return total ** 0.5
+
+
+def mtl_delta(mtl_metrics: dict[str, float], experts: dict[str, float]) -> float:
+    """Δm (ratio form, fraction) of the MTL model's test metrics against the experts' (``{task: metric}``)."""
+    from simo_lite.metrics import delta_m
+    from simo_lite.tasks import lower_is_better
+    ts = [t for t in experts if t in mtl_metrics]
+    return delta_m({t: mtl_metrics[t] for t in ts}, {t: experts[t] for t in ts}, lower_is_better(ts))
+
+
+def sd_1x(tidy: Sequence[dict], row: str, minus: str | None = None) -> float | None:
+    """Sample SD across the sweep's seeds of one row's Δm (or of ``row - minus`` paired by seed) on nyu3."""
+    a = per_seed(tidy, NYU, row)
+    if minus is not None:
+        b = per_seed(tidy, NYU, minus)
+        a = {s: a[s] - b[s] for s in a if s in b}
+    return statistics.stdev(a.values()) if len(a) > 1 else None
+
+
+def _verdict(ok: bool, change: float | None = None, sd: float | None = None) -> str:
+    """"holds"/"fails", or "unresolved" when the change from the 1x table is smaller than the seed SD."""
+    if change is not None and sd is not None and abs(change) < sd:
+        return "unresolved"
+    return "holds" if ok else "fails"
+
+
+def criteria(res: dict) -> list[dict]:
+    """E1-E6 of section 8, each ``{id, text, measured, verdict}``, from :func:`run`'s result."""
+    out = []
+    conv = res["convergence"]
+    tails = ", ".join(f"{t} {100 * conv[t]['tail']:+.2f} %" for t in ("seg", "normals"))
+    out.append({"id": "E1", "text": "seg and normals experts converge at 4x (val-loss tail < 1 %)",
+                "measured": tails, "verdict": _verdict(all(conv[t]["tail"] < CONVERGED for t in ("seg", "normals")))})
+    g = res["expert_gain"]
+    out.append({"id": "E2", "text": "each 4x expert >= 3 % better on its test metric than the 1x expert",
+                "measured": ", ".join(f"{t} {100 * g[t]:+.1f} %" for t in ("seg", "normals")),
+                "verdict": _verdict(all(g[t] >= GAIN for t in ("seg", "normals")))})
+    d4, d1, sd = res["dm_4x"], res["dm_1x"], res["sd_1x"]
+    out.append({"id": "E3", "text": "TA Δm against the 4x experts <= −42.6 % (1x: the table's TA − 2 pp)",
+                "measured": f"{100 * d4['ta']:+.1f} % (1x: {100 * d1['ta']:+.1f} %, seed SD {100 * sd['ta']:.1f} pp)",
+                "verdict": _verdict(d4["ta"] <= d1["ta"] - 0.02, d4["ta"] - d1["ta"], sd["ta"])})
+    rec4, rec1 = d4["ta+head"] - d4["ta"], d1["ta+head"] - d1["ta"]
+    out.append({"id": "E4", "text": "TA + head ≥ TA + 10 pp",
+                "measured": f"{100 * rec4:+.1f} pp (1x: {100 * rec1:+.1f} pp)", "verdict": _verdict(rec4 >= 0.10)})
+    gap4, gap1 = d4["ta+head"] - d4["ta+repr"], d1["ta+head"] - d1["ta+repr"]
+    out.append({"id": "E5", "text": "|(TA + head) − (TA + block adapters)| ≤ 2 pp",
+                "measured": f"{100 * gap4:+.1f} pp (1x: {100 * gap1:+.1f} pp, seed SD {100 * sd['head-repr']:.1f} pp)",
+                "verdict": _verdict(abs(gap4) <= 0.02)})
+    out.append({"id": "E6", "text": "|Δm(joint MTL at 4x)| ≤ 5 % against the 4x experts",
+                "measured": f"{100 * d4['mtl']:+.1f} %", "verdict": _verdict(abs(d4["mtl"]) <= 0.05)})
+    return out
+
+
+def _read_encoder(folder: Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(folder / "encoder.safetensors"))
+
+
+def run(table4x: str | Path, convergence: dict[str, str | Path], mtl_manifest: str | Path,
+        evidence: str | Path, experts_1x: dict[str, str | Path] | None = None,
+        experts_4x: dict[str, str | Path] | None = None, foundation: str | Path | None = None) -> dict[str, Any]:
+    """Collect the section: ``table4x`` (the experiment's table JSON, list of rows), ``convergence``
+    (``{task: convergence JSON}``), the MTL 4x manifest, the evidence sweep's tidy rows; with the
+    three encoder arguments (``{task: model folder}``, the foundation's safetensors) also the task
+    vectors' L2 norms at both budgets."""
+    from simo_lite.tasks import lower_is_better
+    rows4 = {r["row"]: r for r in load_json(table4x)}
+    tidy = load_json(evidence)
+    lower = lower_is_better(TASKS)
+    experts4 = rows4["experts"]["metrics"]
+    experts1 = {r["task"]: r["value"] for r in tidy
+                if r["tasks"] == NYU and r["row"] == "experts" and r["seed"] == 0}
+    conv = {}
+    for t, p in convergence.items():
+        r = load_json(p)["runs"][0]
+        conv[t] = {"tail": r["tail"], "test": r["test"][t], "wall_s": r["wall_s"], "budget": r["budget"]}
+    manifest = load_json(mtl_manifest)
+    mtl = next(m for m in manifest["models"].values() if m["name"] == "mtl-" + "+".join(TASKS))
+    dm4 = {k: rows4[k]["delta_m_ratio"] for k in rows4 if k != "experts"}
+    dm4["mtl"] = mtl_delta(mtl["test"], experts4)
+    dm1 = {k: per_seed(tidy, NYU, k).get(0) for k in ("mtl", "mtl4x") + ROWS[1:]}
+    sds = {k: sd_1x(tidy, k) for k in ROWS}
+    sds["head-repr"] = sd_1x(tidy, "ta+head", "ta+repr")
+    res: dict[str, Any] = {
+        "tasks": list(TASKS), "experts_4x": experts4, "experts_1x": experts1, "convergence": conv,
+        "expert_gain": {t: relative_gain(experts4[t], experts1[t], lower[t]) for t in TASKS},
+        "mtl_4x": {"metrics": mtl["test"], "val_tail": mtl["val_tail"], "steps": mtl["steps"],
+                   "wall_s": mtl["wall_s"], "normalized": {t: (experts4[t] / mtl["test"][t] if lower[t]
+                                                                else mtl["test"][t] / experts4[t]) for t in TASKS}},
+        "rows_4x": {k: {"metrics": r["metrics"], "normalized": r.get("normalized"), "delta_m": r["delta_m_ratio"],
+                        "alpha": (r.get("alpha") if "alpha" in r else None)} for k, r in rows4.items()},
+        "dm_4x": dm4, "dm_1x": dm1, "sd_1x": sds}
+    if experts_1x and experts_4x and foundation:
+        from safetensors.torch import load_file
+        pre = load_file(str(foundation))
+        res["tv_norm"] = {t: {"1x": task_vector_norm(_read_encoder(Path(experts_1x[t])), pre),
+                              "4x": task_vector_norm(_read_encoder(Path(experts_4x[t])), pre)} for t in TASKS}
+    res["criteria"] = criteria(res)
+    return res
+
+
+def markdown(res: dict) -> str:
+    """The section's text: the 4x table beside the 1x one, the task vectors' lengths, the criteria."""
+    from simo_lite.tasks import get_task
+    e4, e1 = res["experts_4x"], res["experts_1x"]
+    lines = ["nyu3 at a matched 4× fine-tuning budget (experts and joint MTL 3,200 steps), cpu profile, seed 0. "
+             "Pre-registered in docs/preregistration.md, section 8.", ""]
+    lines.append(md_table(["expert", "metric", "1× (800 steps)", "4× (3,200 steps)", "better by", "val-loss tail at 4×"],
+                          [[t, get_task(t).metric_name, f"{e1[t]:.4f}", f"{e4[t]:.4f}",
+                            f"{100 * res['expert_gain'][t]:+.1f} %",
+                            f"{100 * res['convergence'][t]['tail']:+.2f} %" if t in res["convergence"] else "–"]
+                           for t in res["tasks"]]))
+    lines += ["", "Δm (ratio form) of each row against the experts trained with the same budget:", ""]
+    body = []
+    for k in ("mtl",) + ROWS[1:]:
+        sd = res["sd_1x"].get(k)
+        body.append([LABELS.get(k, k), f"{100 * res['dm_1x'][k]:+.1f} %" if res["dm_1x"].get(k) is not None else "–",
+                     f"{100 * sd:.1f} pp" if sd is not None else "–",
+                     f"{100 * res['dm_4x'][k]:+.1f} %" if k in res["dm_4x"] else "not run"])
+    lines.append(md_table(["row", "1× Δm (seed 0)", "1× seed SD (n = 3)", "4× Δm (seed 0)"], body))
+    m = res["mtl_4x"]
+    lines += ["", f"Joint MTL at 4× ({m['steps']:,} steps with its probe; shipped in data/evidence/mtl4x-seed-0): "
+              + ", ".join(f"{t} {v:.4f} ({100 * m['normalized'][t]:.1f} % of the 4× expert)" for t, v in m["metrics"].items())
+              + f"; val-loss tail {100 * m['val_tail']:+.2f} %."]
+    if "tv_norm" in res:
+        lines += ["", md_table(["expert", "task-vector L2 norm, 1×", "4×", "ratio"],
+                               [[t, f"{v['1x']:.3f}", f"{v['4x']:.3f}", f"{v['4x'] / v['1x']:.2f}"]
+                                for t, v in res["tv_norm"].items()])]
+    lines += ["", md_table(["criterion", "prediction", "measured", "verdict"],
+                           [[c["id"], c["text"], c["measured"], f"**{c['verdict']}**"] for c in res["criteria"]]), ""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m benchmarks.budget4x``: collect, print and write ``docs/budget4x-cpu-0.{json,md}``."""
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--table", default=str(REPO / "runs/conv4x/results/table-seg+depth+normals.json"))
+    ap.add_argument("--convergence", nargs="+", default=[f"{t}={REPO}/docs/convergence-4x-{t}-cpu-0.json"
+                                                          for t in ("seg", "normals")] +
+                    [f"depth={REPO}/docs/convergence-depth4x-cpu-0.json"], metavar="TASK=JSON")
+    ap.add_argument("--mtl-manifest", default=str(REPO / "data/evidence/mtl4x-seed-0/models-cpu.json"))
+    ap.add_argument("--evidence", default=str(REPO / "docs/evidence-cpu.json"))
+    ap.add_argument("--experts-1x", default=str(REPO / "data/models-cpu"), help="folder of the 1x expert folders")
+    ap.add_argument("--experts-4x", default=str(REPO / "runs/conv4x/models"), help="folder of the 4x expert folders")
+    ap.add_argument("--foundation", default=str(REPO / "data/foundation-cpu-invariant.safetensors"))
+    ap.add_argument("--out", default=str(REPO / "docs/budget4x-cpu-0"))
+    args = ap.parse_args(argv)
+    conv = dict(s.split("=", 1) for s in args.convergence)
+
+    def folders(root: str) -> dict[str, Path] | None:
+        found = {t: next(iter(sorted(Path(root).glob(f"expert-{t}-*"))), None) for t in TASKS}
+        return found if all(found.values()) else None
+    res = run(args.table, conv, args.mtl_manifest, args.evidence, folders(args.experts_1x),
+              folders(args.experts_4x), args.foundation)
+    print(write_section(Path(args.out), res, markdown))
+
+
+if __name__ == "__main__":
+    main()
