@@ -94,3 +94,48 @@ def test_the_results_page_shows_the_section_only_when_it_was_run(tmp_path: Path)
     text = "\n".join(render_results.budget4x_md(tmp_path / "none.json", tmp_path / "b4.json"))
     assert "nyu3 at a matched 4× budget" in text and "| E6 |" in text
     assert render_results.budget4x_md(tmp_path / "none.json", tmp_path / "none.json") == []
+
+
+def test_the_diverse_set_reports_f1_to_f6_with_the_two_sd_rule(tmp_path: Path) -> None:
+    from benchmarks.evidence import DIVERSE
+    e1 = {"autoencoder": 0.070, "depth": 0.55, "normals": 14.5, "keypoints": 0.258, "texture_edges": 0.657}
+    e4 = {"autoencoder": 0.060, "depth": 0.47, "normals": 14.0, "keypoints": 0.260, "texture_edges": 0.660}
+    rows = [{"seed": s, "tasks": DIVERSE, "row": "experts", "task": t, "value": v, "delta_m_ratio": 0.0}
+            for s in range(3) for t, v in e1.items()]
+    dm1 = {"mtl": [-0.065, -0.055, -0.075], "ta": [-0.59, -0.54, -0.64], "ta+head": [-0.16, -0.15, -0.17],
+           "ta+repr": [-0.17, -0.15, -0.16], "ta+lora": [-0.20, -0.19, -0.21]}
+    rows += [{"seed": s, "tasks": DIVERSE, "row": r, "task": "depth", "value": 0.0, "delta_m_ratio": x}
+             for r, xs in dm1.items() for s, x in enumerate(xs)]
+    (tmp_path / "ev.json").write_text(json.dumps(rows))
+    table = [{"row": "experts", "metrics": e4, "delta_m_ratio": 0.0}] + [
+        {"row": k, "metrics": {}, "delta_m_ratio": v}
+        for k, v in {"ta": -0.60, "ta+head": -0.20, "ta+repr": -0.10, "ta+lora": -0.12}.items()]
+    (tmp_path / "t.json").write_text(json.dumps(table))
+    mtl = {"name": "mtl-autoencoder+depth+normals+keypoints+texture_edges", "test": e4, "val_tail": 0.002,
+           "steps": 3350, "wall_s": 1.0}
+    (tmp_path / "m.json").write_text(json.dumps({"models": {"x": mtl}}))
+    conv = {}
+    for t in ("autoencoder", "keypoints", "texture_edges"):
+        (tmp_path / f"c-{t}.json").write_text(json.dumps({"runs": [{"budget": 3200, "tail": 0.005,
+                                                                    "test": {t: e4[t]}, "wall_s": 1.0}]}))
+        conv[t] = tmp_path / f"c-{t}.json"
+    res = b4.run(tmp_path / "t.json", conv, tmp_path / "m.json", tmp_path / "ev.json", set_name="taskonomy5")
+    v = {c["id"]: c["verdict"] for c in res["criteria"]}
+    assert [c["id"] for c in res["criteria"]] == ["F1", "F2", "F3", "F4", "F5", "F6"]
+    assert v["F1"] == "holds"
+    assert v["F2"] == "holds"                       # autoencoder 14 % better, the others within 1 %
+    assert v["F3"] == "fails"                       # MTL 0 %: 10 pp above -10 %, SD 1 pp
+    assert v["F4"] == "unresolved"                  # -60 %: 5 pp past -55 %, but the 1x SD is 5 pp
+    assert v["F5"] == "holds"                       # +10 pp, SD of the paired gap 1 pp
+    assert v["F6"] == "fails"                       # best adapter ta+repr -10 % below MTL's 0 %
+    with pytest.raises(ValueError, match="task sets"):
+        b4.run(tmp_path / "t.json", conv, tmp_path / "m.json", tmp_path / "ev.json", set_name="diverse5")
+
+
+def test_expert_folders_refuses_an_ambiguous_folder(tmp_path: Path) -> None:
+    for name in ("expert-seg-aaa", "expert-seg-bbb", "expert-depth-ccc"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(ValueError, match="2 expert folders of 'seg'"):
+        b4.expert_folders(tmp_path, ["seg", "depth"])
+    assert b4.expert_folders(tmp_path, ["depth"]) == {"depth": tmp_path / "expert-depth-ccc"}
+    assert b4.expert_folders(tmp_path, ["normals"]) is None
