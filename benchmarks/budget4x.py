@@ -177,7 +177,8 @@ def run(table4x: str | Path, convergence: dict[str, str | Path], mtl_manifest: s
     conv = {}
     for t, p in convergence.items():
         r = load_json(p)["runs"][0]
-        conv[t] = {"tail": r["tail"], "test": r["test"][t], "wall_s": r["wall_s"], "budget": r["budget"]}
+        conv[t] = {"tail": r["tail"], "test": r["test"][t], "wall_s": r["wall_s"], "budget": r["budget"],
+                   "val_loss": r.get("val_loss", [])}
     manifest = load_json(mtl_manifest)
     mtl = next(m for m in manifest["models"].values() if m["name"] == "mtl-" + "+".join(tasks))
     dm4 = {k: rows4[k]["delta_m_ratio"] for k in rows4 if k != "experts"}
@@ -238,6 +239,28 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(res: dict, path: str | Path) -> Path:
+    """The 4x experts' validation-loss curves, each relative to its first measured point (legend = expert),
+    with the last 20 % of steps shaded: the window the convergence criterion reads."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from benchmarks.common import save_figure
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    budget = 0
+    for t, c in res["convergence"].items():
+        if c.get("val_loss"):
+            steps, vals = zip(*c["val_loss"])
+            ax.plot(steps, [v / vals[0] for v in vals], marker=".", label=f"{t} (tail {100 * c['tail']:+.2f} %)")
+            budget = max(budget, c["budget"])
+    if budget:
+        ax.axvspan(0.8 * budget, budget, color="0.9", zorder=0, label="last 20 % of steps")
+    ax.set(title=f"{res.get('set', 'nyu3')} experts at 4× the budget: validation loss",
+           xlabel="fine-tuning step", ylabel="validation loss / first measured")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
 def expert_folders(root: str | Path, tasks: Sequence[str]) -> dict[str, Path] | None:
     """``{task: the one expert-<task>-<key> folder under root}``; None when one is missing; an error when a
     task has several (the section would not know which budget it read)."""
@@ -279,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     res = run(table, conv, args.mtl_manifest, args.evidence, expert_folders(args.experts_1x, tasks),
               expert_folders(args.experts_4x, tasks), args.foundation, set_name=args.set_name)
     print(write_section(Path(out), res, markdown))
+    print(plot(res, Path(out).parent / "images" / (Path(out).name + ".png")))
 
 
 if __name__ == "__main__":

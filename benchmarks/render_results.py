@@ -625,17 +625,23 @@ def budgets_md(convergence_path: str | Path, realign_path: str | Path) -> list[s
 
 
 def budget4x_md(depth_path: str | Path = REPO / "docs/convergence-depth4x-cpu-0.json",
-                nyu3_path: str | Path = REPO / "docs/budget4x-cpu-0.json") -> list[str]:
-    """The 4x-budget runs (docs/preregistration.md, sections 7 and 8): the depth expert alone, then every
-    nyu3 expert with the nyu3 table again at the matched 4x budget; empty when neither file is there."""
+                nyu3_path: str | Path = REPO / "docs/budget4x-cpu-0.json",
+                diverse_path: str | Path = REPO / "docs/budget4x-taskonomy5-cpu-0.json") -> list[str]:
+    """The 4x-budget runs (docs/preregistration.md, sections 7-9): the depth expert alone, then each task
+    set's experts with its table again at the matched 4x budget (with the curves' figure where it was
+    drawn, docs/images/<name>.png); nothing for a file that is not there."""
     from benchmarks import budget4x, convergence
     out = []
     d = load_json(depth_path)
     if isinstance(d, dict) and d.get("runs"):
         out += ["### The depth expert at 4× the budget (section 7)", "", convergence.markdown(d), ""]
-    r = load_json(nyu3_path)
-    if isinstance(r, dict) and r.get("criteria"):
-        out += ["### nyu3 at a matched 4× budget (section 8)", "", budget4x.markdown(r), ""]
+    for path, title in ((nyu3_path, "nyu3 at a matched 4× budget (section 8)"),
+                        (diverse_path, "taskonomy5 at a matched 4× budget (section 9)")):
+        r = load_json(path)
+        if isinstance(r, dict) and r.get("criteria"):
+            image = Path(path).parent / "images" / Path(path).with_suffix(".png").name
+            shown = [f"![validation-loss curves at 4×](images/{image.name})", ""] if image.is_file() else []
+            out += [f"### {title}", "", budget4x.markdown(r), ""] + shown
     return out
 
 

@@ -91,9 +91,9 @@ def test_the_results_page_shows_the_section_only_when_it_was_run(tmp_path: Path)
     from benchmarks.common import write_json_atomic
     p = _inputs(tmp_path, ta4x=-0.50, ta1x=[-0.406, -0.40, -0.41])
     write_json_atomic(tmp_path / "b4.json", b4.run(p["table"], p["conv"], p["mtl"], p["evidence"]))
-    text = "\n".join(render_results.budget4x_md(tmp_path / "none.json", tmp_path / "b4.json"))
+    text = "\n".join(render_results.budget4x_md(tmp_path / "none.json", tmp_path / "b4.json", tmp_path / "none.json"))
     assert "nyu3 at a matched 4× budget" in text and "| E6 |" in text
-    assert render_results.budget4x_md(tmp_path / "none.json", tmp_path / "none.json") == []
+    assert render_results.budget4x_md(tmp_path / "none.json", tmp_path / "none.json", tmp_path / "none.json") == []
 
 
 def test_the_diverse_set_reports_f1_to_f6_with_the_two_sd_rule(tmp_path: Path) -> None:
@@ -139,3 +139,11 @@ def test_expert_folders_refuses_an_ambiguous_folder(tmp_path: Path) -> None:
         b4.expert_folders(tmp_path, ["seg", "depth"])
     assert b4.expert_folders(tmp_path, ["depth"]) == {"depth": tmp_path / "expert-depth-ccc"}
     assert b4.expert_folders(tmp_path, ["normals"]) is None
+
+
+def test_the_figure_draws_every_curve_with_its_tail_in_the_legend(tmp_path: Path) -> None:
+    res = {"set": "nyu3", "convergence": {
+        "seg": {"tail": 0.004, "budget": 3200, "val_loss": [[0, 1.0], [1600, 0.7], [3200, 0.69]]},
+        "depth": {"tail": 0.012, "budget": 3200, "val_loss": [[0, 2.0], [3200, 1.5]]}}}
+    out = b4.plot(res, tmp_path / "f.png")
+    assert out.is_file() and out.stat().st_size > 1000
